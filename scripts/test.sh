@@ -15,12 +15,12 @@ PY=.venv/bin/python
 t0=$(date +%s)
 
 echo "=== 1/3 unit, property and grader tests"
-$PY -m pytest tests -q -p no:cacheprovider
+$PY -m pytest tests -q -p no:cacheprovider -n 2 --dist loadfile
 t1=$(date +%s)
 
 echo "=== 2/3 nbval over notebooks/"
 $PY -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
-    -p no:cacheprovider -q notebooks/
+    -p no:cacheprovider -q -n 2 --dist loadfile notebooks/
 t2=$(date +%s)
 
 echo "=== 3/3 strict book build"
