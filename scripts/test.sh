@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export PIP_CONSTRAINT="$PWD/.venv/qlearn/constraints.txt"
-export MPLBACKEND=Agg PYTHONHASHSEED=0
+# no MPLBACKEND here: notebook kernels inherit it and Agg would drop every figure under nbval
+unset MPLBACKEND
+export PYTHONHASHSEED=0
 # numba's on-disk cache lives in the clone, so a second run skips compilation
 export NUMBA_CACHE_DIR="$PWD/.cache/numba"
 PY=.venv/bin/python
