@@ -381,7 +381,9 @@ def _check_dist(dist: str, df: float) -> None:
 
 
 def _levels(bits: int, symmetric: bool, clip: float) -> np.ndarray:
-    """Reconstruction levels of :func:`quantize`'s grid when its outer levels sit at +-clip."""
+    """Reconstruction levels with the outer ones at +-clip: :func:`quantize`'s symmetric grid
+    (``2**bits - 1`` levels, 0 included), or ``2**bits`` evenly spaced levels (midrise: 0 is NOT a
+    level; :func:`quantize`'s asymmetric grid differs, its zero point puts 0 on the grid)."""
     qmin, qmax = code_range(bits, symmetric)
     if symmetric:
         return np.arange(qmin, qmax + 1) * (clip / qmax)
@@ -398,8 +400,12 @@ def _gl_integrate(f, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def theoretical_distortion(bits: int, dist: str, clip: float | None = None,
                            symmetric: bool = True, df: float = DEFAULT_T_DF) -> tuple[float, float]:
-    """Mean squared error of :func:`quantize`'s grid on a unit-variance input, split in two.
+    """Mean squared error of a uniform grid on a unit-variance input, split in two.
 
+    ``symmetric=True`` is exactly :func:`quantize`'s symmetric grid (``2**bits - 1`` levels
+    ``k * clip / (2**(bits-1) - 1)``); ``symmetric=False`` is the midrise grid of ``2**bits``
+    evenly spaced levels symmetric about 0 (the classic textbook quantizer; :func:`quantize`'s
+    asymmetric grid is this one shifted so that 0 is a level).
     The grid has its outer levels at ``+-clip`` (clip in standard deviations of the input;
     ``None`` = the end of the support for the bounded ``"uniform"`` (sqrt 3) and ``"sine"``
     (sqrt 2) inputs). Inside each cell (between midpoints of neighbouring levels) the error
@@ -449,8 +455,8 @@ def theoretical_distortion(bits: int, dist: str, clip: float | None = None,
 
 def theoretical_sqnr_db(bits: int, dist: str, clip: float | None = None, symmetric: bool = True,
                         df: float = DEFAULT_T_DF) -> float:
-    """Predicted SQNR (dB) of :func:`quantize`'s ``bits``-bit grid clipped at ``+-clip`` standard
-    deviations, for a unit-variance ``dist`` input in :data:`DISTRIBUTIONS`:
+    """Predicted SQNR (dB) of a ``bits``-bit uniform grid (see :func:`theoretical_distortion` for
+    ``symmetric``) whose outer levels sit at ``+-clip`` standard deviations, for a unit-variance ``dist`` input in :data:`DISTRIBUTIONS`:
     ``-10 log10(granular + overload)`` from :func:`theoretical_distortion`."""
     g, o = theoretical_distortion(bits, dist, clip, symmetric, df)
     return -10.0 * math.log10(g + o)
