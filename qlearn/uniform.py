@@ -288,7 +288,12 @@ def quantize(x: Any, bits: int = 8, symmetric: bool = True,
             the few large values for a finer step on all the others.
 
     Returns:
-        :class:`QTensor` (codes ``x.shape`` int8/uint8, scale ``x.shape // block_size`` float32).
+        :class:`QTensor` (codes ``x.shape`` int8/uint8, scale ``x.shape // block_size`` float32),
+        always numpy arrays, also for torch input (use :func:`fake_quantize` to stay in torch).
+
+    Example:
+        ``quantize(W, bits=4, block_size=block_size_for(W.shape, "per_group", 128))`` for
+        ``W: (out_features, in_features) float32``.
     """
     arr = _to_numpy_float32(x)
     bits = _check_bits(bits)
