@@ -321,9 +321,9 @@ def _layouts() -> list[Layout]:
                           f"float: bias {f.bias}, {'no inf' if f.finite_only else 'IEEE inf/NaN'}"))
     for b in (8, 4):
         lo, hi = int_range(b)
-        out.append(Layout(f"INT{b}", b, (("sign", 1), ("magnitude (two's complement)", b - 1)),
+        out.append(Layout(f"INT{b}", b, (("sign", 1), ("value", b - 1)),
                           f"integer {lo}..{hi}, times a scale"))
-    out.append(Layout("NF4", 4, (("index into 16 levels", 4),),
+    out.append(Layout("NF4", 4, (("index", 4),),
                       "lookup: 16 normal-quantile levels in [-1, 1], times a block absmax"))
     return out
 
