@@ -250,3 +250,28 @@ def test_bad_input_raises_valueerror_with_expected_and_got():
 def test_aliases():
     assert F.spec("float8_e4m3fn") is F.FORMATS["fp8_e4m3"]
     assert F.spec("bfloat16") is F.FORMATS["bf16"]
+
+
+# --- the chapter's exercise checkers reject the usual mistakes ------------------------------------
+
+def test_ch02_checkers_reject_common_mistakes():
+    from qlearn.exercises import check
+
+    def truncate_bf16(x):
+        return (x.view(np.uint32) >> 16).astype(np.uint16)
+
+    def no_subnormals(code):
+        s, e, m = code >> 15, (code >> 10) & 31, code & 1023
+        v = float("inf") if e == 31 and m == 0 else float("nan") if e == 31 else (1 + m / 1024) * 2.0 ** (e - 15)
+        return -v if s else v
+
+    def limits_without_reserved_exponent(e, m):
+        bias = 2 ** (e - 1) - 1
+        return (2 - 2.0 ** -m) * 2.0 ** (2 ** e - 1 - bias), 2.0 ** (1 - bias), 2.0 ** (1 - bias - m), 2.0 ** -m
+
+    assert not check("ch02.round_to_bf16", truncate_bf16).passed
+    assert check("ch02.round_to_bf16", lambda x: F.encode(x, "bf16")).passed
+    assert not check("ch02.decode_fp16", no_subnormals).passed
+    assert not check("ch02.format_limits", limits_without_reserved_exponent).passed
+    assert not check("ch02.first_missing_integer", lambda m: 2 ** m + 1).passed
+    assert not check("ch02.bf16_epsilon", 2.0 ** -8).passed
