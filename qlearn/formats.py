@@ -134,7 +134,7 @@ def spec(fmt: str | FormatSpec) -> FormatSpec:
     """The :class:`FormatSpec` for a name in :data:`FORMATS` (or a torch-style alias)."""
     if isinstance(fmt, FormatSpec):
         return fmt
-    key = _ALIASES.get(fmt, fmt) if isinstance(fmt, str) else fmt
+    key = _ALIASES.get(fmt, fmt) if isinstance(fmt, str) else None
     if key not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)} "
                          f"(or an alias: {sorted(_ALIASES)})")
