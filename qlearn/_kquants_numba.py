@@ -20,10 +20,11 @@ from qlearn.kquants import (GROUP_MAX_EPS, IMAT_SEARCH, IQ4_NTRY, IQ4_VALUES, Q2
                             SCALE6_MAX)
 
 F32 = np.float32
-_jit = numba.njit(cache=True, fastmath=False, nogil=True)
+# error_model="numpy": x/0 gives inf/nan as in C instead of raising (and costs no zero check)
+_jit = numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy")
 
 _TWO23 = 8388608.0      # 2^23: s = v + 1.5*2^23 lies in [2^23, 2^24) when |v| < 2^22
-_TWO24 = 16777216.0
+_NEAREST_INT_EXACT = F32(4194303.0)  # ggml asserts |v| <= this; inside it the trick is exact RNE
 _FP16_INF_FROM = 65520.0  # halfway between 65504 (largest fp16) and 65536: rounds (to even) to inf
 _IQ4 = IQ4_VALUES.astype(np.float32)
 _RMIN4, _RDELTA4, _NSTEP4 = Q4K_SEARCH
@@ -35,16 +36,22 @@ _ONE = F32(1.0)
 
 
 @_jit
-def nearest_int(v):
-    """ggml nearest_int(v) for float32 v: low 23 mantissa bits of v + 1.5*2^23, minus 2^22."""
-    s = v + ROUND_MAGIC
-    if s >= _TWO23 and s < _TWO24:
-        return int(s) - 12582912
-    a = abs(float(s))
+def _nearest_int_wide(v):
+    """nearest_int outside |v| <= 4194303: the low mantissa bits of v + 1.5*2^23 (ggml's garbage,
+    clamped by every caller), emulated from frexp."""
+    a = abs(float(v + ROUND_MAGIC))
     if a == 0.0 or math.isinf(a) or math.isnan(a):
         return -0x400000
     m, e = math.frexp(a)
     return int((2.0 * m - 1.0) * _TWO23) - 0x400000
+
+
+@numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy", inline="always")
+def nearest_int(v):
+    """ggml nearest_int(v) for float32 v: round half to even where ggml's trick is exact."""
+    if abs(v) <= _NEAREST_INT_EXACT:
+        return int(np.rint(v))
+    return _nearest_int_wide(v)
 
 
 @_jit

@@ -195,12 +195,14 @@ def nearest_int(v) -> np.ndarray:
 def fp16_round(v) -> np.ndarray:
     """fp32 -> fp16 (round to nearest even, subnormals, overflow to inf) -> fp32: the value
     ggml reads back with GGML_FP16_TO_FP32 after storing a scale."""
-    return np.asarray(v, dtype=F32).astype(np.float16).astype(F32)
+    with np.errstate(over="ignore"):
+        return np.asarray(v, dtype=F32).astype(np.float16).astype(F32)
 
 
 def _fp16_bytes(v) -> np.ndarray:
     """v: (B,) float32 -> (B, 2) uint8, little-endian IEEE half."""
-    return np.asarray(v, dtype=F32).astype("<f2").reshape(-1, 1).view(np.uint8)
+    with np.errstate(over="ignore"):
+        return np.asarray(v, dtype=F32).astype("<f2").reshape(-1, 1).view(np.uint8)
 
 
 def _seqsum(terms: np.ndarray) -> np.ndarray:
@@ -725,11 +727,11 @@ def _q_k_asym(x: np.ndarray, t: QType, imatrix) -> np.ndarray:
             max_min = np.where(mins[:, j] > max_min, mins[:, j], max_min)
         if n == "Q2_K":
             q4 = F32(15)   # sub-block scales and mins are 4-bit
-            with np.errstate(divide="ignore"):
+            with np.errstate(all="ignore"):
                 isc = q4 / max_scale
                 imn = q4 / max_min
-            ls = np.where(_col(max_scale > 0), nearest_int(_col(isc) * scales), 0)
-            lm = np.where(_col(max_min > 0), nearest_int(_col(imn) * mins), 0)
+                ls = np.where(_col(max_scale > 0), nearest_int(_col(isc) * scales), 0)
+                lm = np.where(_col(max_min > 0), nearest_int(_col(imn) * mins), 0)
             d = np.where(max_scale > 0, max_scale / q4, F32(0))
             dmin = np.where(max_min > 0, max_min / q4, F32(0))
             ls, lm = ls & 0xFF, lm & 0xFF

@@ -1,0 +1,264 @@
+"""qlearn.kquants against ggml golden vectors (tests/data/kquants, from ggml d99724f2, x86-64
+default build), numba vs numpy agreement, gguf-py cross-checks and input validation."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qlearn import kquants as K
+
+DATA = Path(__file__).resolve().parent / "data" / "kquants"
+TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+         "IQ4_NL", "IQ4_XS"]
+BACKENDS = ["numpy", "numba"]
+_CACHE = {}
+
+
+def oracle(t):
+    if t not in _CACHE:
+        _CACHE[t] = dict(np.load(DATA / f"{t}.npz"))
+    return _CACHE[t]
+
+
+def cases(t):
+    return [str(c) for c in oracle(t)["cases"]]
+
+
+ALL_CASES = [(t, c) for t in TYPES for c in cases(t)]
+IMAT_CASES = [(t, c) for t, c in ALL_CASES if f"{c}__q_imat" in oracle(t)]
+
+
+def bits(a):
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+# ---- layouts -------------------------------------------------------------------------------------
+def test_qtypes_cover_the_twelve_types():
+    assert list(K.QTYPES) == TYPES
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_layout_matches_ggml_sizes(t):
+    z = oracle(t)
+    qt = K.QTYPES[t]
+    assert qt.block_size == int(z["meta_block_size"])
+    assert qt.type_size == int(z["meta_type_size"])
+    assert qt.ggml_type == int(z["meta_ggml_type"])
+    assert qt.bits_per_weight == 8 * int(z["meta_type_size"]) / int(z["meta_block_size"])
+    # every case's byte array has exactly type_size bytes per block
+    x, q = z["gaussian__x"], z["gaussian__q_ref"]
+    assert q.shape[1] == x.shape[1] // qt.block_size * qt.type_size
+
+
+def test_layout_matches_gguf_package():
+    gguf = pytest.importorskip("gguf")
+    for t in TYPES:
+        bs, ts = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[t]]
+        assert (K.QTYPES[t].block_size, K.QTYPES[t].type_size) == (bs, ts)
+
+
+# ---- dequantize: every dq_* array, bitwise -------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("t,c", ALL_CASES)
+def test_dequantize_matches_ggml(t, c, backend):
+    z = oracle(t)
+    for var in ("ref", "imat", "chunk_noimat"):
+        if f"{c}__q_{var}" not in z:
+            continue
+        got = K.dequantize(z[f"{c}__q_{var}"], t, backend=backend)
+        exp = z[f"{c}__dq_{var}"]
+        assert got.dtype == np.float32 and got.shape == exp.shape
+        if t == "IQ4_NL" and var == "ref":
+            # blocks with undefined bytes decode to +-0 whose sign ggml leaves undefined
+            undefined = ~z[f"{c}__q_ref_defined"].astype(bool).reshape(-1, 18).all(axis=1)
+            blk = np.repeat(undefined, 32).reshape(exp.shape)
+            np.testing.assert_array_equal(got[blk], exp[blk])
+            np.testing.assert_array_equal(bits(got)[~blk], bits(exp)[~blk])
+        else:
+            np.testing.assert_array_equal(bits(got), bits(exp), err_msg=f"{t} {c} dq_{var}")
+
+
+# ---- quantize: q_ref, q_imat, q_chunk_noimat, byte for byte ---------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("t,c", ALL_CASES)
+def test_quantize_ref_matches_ggml(t, c, backend):
+    z = oracle(t)
+    got = K.quantize_ref(z[f"{c}__x"], t, backend=backend)
+    exp = z[f"{c}__q_ref"]
+    assert got.dtype == np.uint8 and got.shape == exp.shape
+    if t == "IQ4_NL":
+        defined = z[f"{c}__q_ref_defined"].astype(bool)
+        np.testing.assert_array_equal(got[defined], exp[defined])
+    else:
+        np.testing.assert_array_equal(got, exp)
+        # without an imatrix, quantize is the ref path for every type but IQ4_NL
+        np.testing.assert_array_equal(K.quantize(z[f"{c}__x"], t, backend=backend), exp)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("t,c", IMAT_CASES)
+def test_quantize_imatrix_matches_ggml(t, c, backend):
+    z = oracle(t)
+    got = K.quantize(z[f"{c}__x"], t, z[f"{c}__imatrix"], backend=backend)
+    np.testing.assert_array_equal(got, z[f"{c}__q_imat"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("c", cases("IQ4_NL"))
+def test_iq4nl_quantize_matches_llama_quantize(c, backend):
+    z = oracle("IQ4_NL")
+    got = K.quantize(z[f"{c}__x"], "IQ4_NL", backend=backend)
+    np.testing.assert_array_equal(got, z[f"{c}__q_chunk_noimat"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_q8_0_ignores_the_imatrix(backend):
+    z = oracle("Q8_0")
+    x = z["gaussian__x"]
+    imat = np.random.default_rng(1).random(x.shape[1]).astype(np.float32)
+    got = K.quantize(x, "Q8_0", imat, backend=backend)
+    np.testing.assert_array_equal(got, z["gaussian__q_ref"])
+
+
+def test_ref_and_imatrix_paths_differ_where_ggml_says():
+    """The oracle's q_imat differs from q_ref for searching types: the imatrix path is real."""
+    z = oracle("Q4_K")
+    assert (z["gaussian__q_imat"] != z["gaussian__q_ref"]).any()
+    x, imat = z["gaussian__x"], z["gaussian__imatrix"]
+    assert (K.quantize(x, "Q4_K", imat) != K.quantize(x, "Q4_K")).any()
+
+
+# ---- numba vs numpy on generated inputs ---------------------------------------------------------------
+def _gen_x(seed, rows, nblocks, bs, kind, scale):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, nblocks * bs))
+    if kind == 1:
+        x = rng.standard_t(2, size=x.shape)
+    elif kind == 2:
+        x[rng.random(x.shape) < 0.3] = 0.0
+    elif kind == 3:
+        x = np.round(x * 4) / 2           # many exact ties
+    elif kind == 4:
+        x = np.abs(x)                     # all positive: min clamps to 0
+    return (x * scale).astype(np.float32)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(t=st.sampled_from(TYPES), seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 3),
+       nblocks=st.integers(1, 2), kind=st.integers(0, 4),
+       scale=st.sampled_from([1e-6, 1e-3, 1.0, 7.5, 300.0, 3e4]), use_imat=st.booleans())
+def test_numba_and_numpy_agree_bitwise(t, seed, rows, nblocks, kind, scale, use_imat):
+    bs = K.QTYPES[t].block_size
+    nblocks = nblocks if bs == K.QK_K else 8 * nblocks
+    x = _gen_x(seed, rows, nblocks, bs, kind, scale)
+    imat = None
+    if use_imat:
+        rng = np.random.default_rng(seed + 1)
+        imat = (rng.random(x.shape[1]) ** 3).astype(np.float32)
+        imat[rng.random(x.shape[1]) < 0.05] = 0.0
+    a = K.quantize(x, t, imat, backend="numpy")
+    b = K.quantize(x, t, imat, backend="numba")
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(K.quantize_ref(x, t, backend="numpy"),
+                                  K.quantize_ref(x, t, backend="numba"))
+    np.testing.assert_array_equal(bits(K.dequantize(a, t, backend="numpy")),
+                                  bits(K.dequantize(a, t, backend="numba")))
+
+
+@settings(max_examples=20, deadline=None)
+@given(t=st.sampled_from(TYPES), seed=st.integers(0, 2**32 - 1), kind=st.integers(0, 4))
+def test_dequantize_matches_gguf_package(t, seed, kind):
+    """gguf-py is an independent implementation of every dequantizer (and of the legacy
+    quantizers): on fresh data our bytes and floats must agree with it."""
+    gq = pytest.importorskip("gguf.quants")
+    gguf = pytest.importorskip("gguf")
+    bs = K.QTYPES[t].block_size
+    x = _gen_x(seed, 2, 512 // bs, bs, kind, 2.0)
+    q = K.quantize(x, t)
+    qt = gguf.GGMLQuantizationType[t]
+    np.testing.assert_array_equal(bits(K.dequantize(q, t, backend="numpy")), bits(gq.dequantize(q, qt)))
+    if t in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
+        np.testing.assert_array_equal(q, gq.quantize(x, qt))
+
+
+def test_reconstruction_error_is_bounded():
+    """Sanity of the round trip: more bits, less error; Q8_0 within half a step."""
+    x = np.random.default_rng(7).standard_normal((4, 1024)).astype(np.float32)
+    rmse = {t: float(np.sqrt(np.mean((K.dequantize(K.quantize(x, t), t) - x) ** 2))) for t in TYPES}
+    assert rmse["Q2_K"] > rmse["Q3_K"] > rmse["Q4_K"] > rmse["Q5_K"] > rmse["Q6_K"] > rmse["Q8_0"]
+    d = np.abs(x.reshape(-1, 32)).max(axis=1, keepdims=True) / 127
+    err = np.abs(K.dequantize(K.quantize(x, "Q8_0"), "Q8_0").reshape(-1, 32) - x.reshape(-1, 32))
+    # half a step, plus 127 codes times the fp16 rounding of d (relative 2^-11)
+    assert (err <= d * (0.5 + 127 * 2.0**-11) + 1e-7).all()
+
+
+# ---- bit-exactness helpers -------------------------------------------------------------------------------
+def test_nearest_int_is_float32_round_half_even():
+    v = np.array([0.5, 1.5, 2.5, -0.5, -1.5, 3.4999998, 4194303.0, -4194303.0], np.float32)
+    np.testing.assert_array_equal(K.nearest_int(v), np.rint(v).astype(np.int32))
+
+
+def test_numba_helpers_match_numpy():
+    from qlearn import _kquants_numba as N
+    rng = np.random.default_rng(3)
+    v = np.concatenate([rng.standard_normal(2000) * 10 ** rng.uniform(-9, 9, 2000),
+                        [0.0, -0.0, 65504.0, 65519.99, 65520.0, -65520.0, 6e-8, 2.98e-8, 1e-30]])
+    v = v.astype(np.float32)
+    for x in v:
+        h, back = N.fp16(x)
+        with np.errstate(over="ignore"):
+            assert h == int(np.array([x], np.float32).astype("<f2").view(np.uint16)[0])
+        assert np.array([back], np.float32).view(np.uint32)[0] == K.fp16_round(np.array([x])).view(np.uint32)[0]
+        assert N.nearest_int(x) == K.nearest_int(np.array([x]))[0]
+
+
+def test_numba_kernels_contain_no_fma():
+    """fastmath is off, so LLVM must not fuse a*b+c (ggml's reference build does not)."""
+    from qlearn import _kquants_numba as N
+    x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
+    for t in TYPES:
+        K.quantize(x, t, np.ones(256, np.float32))
+    for fn in (N.make_qkx_quants, N.make_qx_quants, N.make_qp_quants, N.make_q3_quants, N._k_asym_block):
+        for sig in fn.signatures:
+            asm = fn.inspect_asm(sig).lower()
+            assert "vfmadd" not in asm and "vfmsub" not in asm and "vfnmadd" not in asm
+
+
+# ---- bad input ------------------------------------------------------------------------------------------
+def test_bad_inputs_raise_value_error():
+    x = np.ones((2, 256), np.float32)
+    with pytest.raises(ValueError, match="multiple of the block size 256 for Q4_K, got 1000"):
+        K.quantize(np.ones((1, 1000), np.float32), "Q4_K")
+    with pytest.raises(ValueError, match="multiple of the block size 32"):
+        K.quantize_ref(np.ones((1, 40), np.float32), "Q8_0")
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[1, 3] = bad
+        with pytest.raises(ValueError, match="finite"):
+            K.quantize(y, "Q6_K")
+    with pytest.raises(ValueError, match="float32, got float64"):
+        K.quantize(x.astype(np.float64), "Q4_0")
+    with pytest.raises(ValueError, match="numpy float32 array"):
+        K.quantize(x.tolist(), "Q4_0")
+    with pytest.raises(ValueError, match="2-D"):
+        K.quantize(x.reshape(-1), "Q4_0")
+    with pytest.raises(ValueError, match="non-empty"):
+        K.quantize(np.ones((0, 256), np.float32), "Q4_0")
+    with pytest.raises(ValueError, match="unknown qtype 'Q4_X'"):
+        K.quantize(x, "Q4_X")
+    with pytest.raises(ValueError, match="unknown qtype"):
+        K.dequantize(np.zeros((1, 18), np.uint8), "F16")
+    with pytest.raises(ValueError, match=r"one weight per column, shape \(256,\), got \(128,\)"):
+        K.quantize(x, "Q4_K", np.ones(128, np.float32))
+    with pytest.raises(ValueError, match="imatrix must be float32"):
+        K.quantize(x, "Q4_K", np.ones(256))
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        K.quantize(x, "Q4_K", np.full(256, np.nan, np.float32))
+    with pytest.raises(ValueError, match="multiple of 144 bytes per Q4_K block, got 100"):
+        K.dequantize(np.zeros((1, 100), np.uint8), "Q4_K")
+    with pytest.raises(ValueError, match="uint8"):
+        K.dequantize(np.zeros((1, 144), np.int8), "Q4_K")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        K.dequantize(np.zeros((1, 144), np.uint8), "Q4_K", backend="cuda")
