@@ -1035,3 +1035,82 @@ def _fast_dequantize():
     except ImportError:
         return None
     return getattr(kernels, "dequantize", None)
+
+
+# ---- looking inside a block ---------------------------------------------------------------------------
+#: elements per sub-block (the unit that owns one small scale) for each type
+SUB_BLOCK = {"Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32, "Q2_K": 16, "Q3_K": 16,
+             "Q4_K": 32, "Q5_K": 32, "Q6_K": 16, "IQ4_NL": 32, "IQ4_XS": 32}
+
+
+def describe_block(q: np.ndarray, qtype, row: int = 0, block: int = 0) -> dict:
+    """Decode one block of quantized bytes into its parts, for figures and explorers.
+
+    q: (rows, row_bytes) uint8 from :func:`quantize`. Returns a dict with ``bytes``
+    (type_size,) uint8; ``fields``: list of (name, start, stop, description); ``d`` and ``dmin``
+    (float, dmin None when absent); ``sub_size``; ``sub_scales`` and ``sub_mins`` (integer codes
+    per sub-block as stored, None when absent); ``codes`` (block_size,) int32 as stored
+    (IQ4: indices into ``IQ4_VALUES``; Q3_K/Q6_K: signed); ``values`` (block_size,) float32,
+    the dequantized block.
+    """
+    t = _qtype(qtype)
+    q = _check_q(q, t)
+    nblocks = q.shape[1] // t.type_size
+    if not (0 <= row < q.shape[0] and 0 <= block < nblocks):
+        raise ValueError(f"row/block must be in [0, {q.shape[0]}) x [0, {nblocks}), got ({row}, {block})")
+    b = q[row, block * t.type_size:(block + 1) * t.type_size][None, :]
+    f = _fields(b, t)
+    n = t.name
+    d = float(_half(f["d"])[0, 0])
+    dmin = None
+    sub_scales = sub_mins = None
+    if n in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL"):
+        codes = _unpack_nibbles32(f["qs"])
+        if n in ("Q5_0", "Q5_1"):
+            codes = codes | (_unpack_qh32(f["qh"]) << 4)
+        if "m" in f:
+            dmin = float(_half(f["m"])[0, 0])
+    elif n == "Q8_0":
+        codes = f["qs"].view(np.int8).astype(np.int32)
+    elif n == "Q2_K":
+        sc = f["scales"].astype(np.int32)[0]
+        sub_scales, sub_mins = sc & 15, sc >> 4
+        dmin = float(_half(f["dmin"])[0, 0])
+        codes = _unpack_2bit(f["qs"])
+    elif n == "Q3_K":
+        sub_scales = _unpack_scales_q3(f["scales"])[0] - 32
+        hm = f["hmask"].astype(np.int32)
+        hbit = ((hm[:, None, :] >> np.arange(8).reshape(1, 8, 1)) & 1).reshape(-1, QK_K)
+        codes = _unpack_2bit(f["qs"]) - np.where(hbit == 1, 0, 4)
+    elif n in ("Q4_K", "Q5_K"):
+        sc, m = _unpack_scales_k4(f["scales"])
+        sub_scales, sub_mins = sc[0], m[0]
+        dmin = float(_half(f["dmin"])[0, 0])
+        codes = _unpack_4bit_k(f["qs"])
+        if n == "Q5_K":
+            qh = f["qh"].astype(np.int32)
+            codes = codes | ((((qh[:, None, :] >> np.arange(8).reshape(1, 8, 1)) & 1) << 4).reshape(-1, QK_K))
+    elif n == "Q6_K":
+        sub_scales = f["scales"].view(np.int8).astype(np.int32)[0]
+        ql = f["ql"].astype(np.int32).reshape(-1, 2, 2, 32)
+        qh = f["qh"].astype(np.int32).reshape(-1, 2, 1, 32)
+        low = np.stack([ql[:, :, 0] & 15, ql[:, :, 1] & 15, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], axis=2)
+        codes = ((low | (((qh >> (2 * np.arange(4)).reshape(1, 1, 4, 1)) & 3) << 4)) - 32).reshape(-1, QK_K)
+    else:  # IQ4_XS
+        sh = int(np.ascontiguousarray(f["scales_h"]).view("<u2")[0, 0])
+        sl = f["scales_l"].astype(np.int32)[0]
+        ib = np.arange(8)
+        sub_scales = (((sl[ib // 2] >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4)) - 32
+        codes = _unpack_nibbles32(f["qs"].reshape(-1, 16)).reshape(-1, QK_K)
+    return {
+        "qtype": n,
+        "bytes": b[0].copy(),
+        "fields": [(fl.name, *t.offsets()[fl.name], fl.what) for fl in t.layout],
+        "d": d,
+        "dmin": dmin,
+        "sub_size": SUB_BLOCK[n],
+        "sub_scales": None if sub_scales is None else np.asarray(sub_scales, np.int32),
+        "sub_mins": None if sub_mins is None else np.asarray(sub_mins, np.int32),
+        "codes": np.asarray(codes, np.int32).reshape(-1),
+        "values": _dq_blocks(b, t)[0].astype(F32),
+    }

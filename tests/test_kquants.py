@@ -262,3 +262,35 @@ def test_bad_inputs_raise_value_error():
         K.dequantize(np.zeros((1, 144), np.int8), "Q4_K")
     with pytest.raises(ValueError, match="backend must be one of"):
         K.dequantize(np.zeros((1, 144), np.uint8), "Q4_K", backend="cuda")
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_describe_block_decodes_the_bytes(t):
+    z = oracle(t)
+    q = z["gaussian__q_ref"]
+    qt = K.QTYPES[t]
+    blk = 1
+    info = K.describe_block(q, t, row=1, block=blk)
+    np.testing.assert_array_equal(info["bytes"], q[1, blk * qt.type_size:(blk + 1) * qt.type_size])
+    exp = z["gaussian__dq_ref"][1, blk * qt.block_size:(blk + 1) * qt.block_size]
+    np.testing.assert_array_equal(bits(info["values"]), bits(exp))
+    assert sum(b - a for _, a, b, _ in info["fields"]) == qt.type_size
+    if t == "Q4_K":  # y = (d*sc)*q - dmin*m, sub-block by sub-block
+        sc = np.repeat(info["sub_scales"], 32).astype(np.float32)
+        m = np.repeat(info["sub_mins"], 32).astype(np.float32)
+        y = np.float32(info["d"]) * sc * info["codes"].astype(np.float32) - np.float32(info["dmin"]) * m
+        np.testing.assert_array_equal(bits(y), bits(exp))
+    with pytest.raises(ValueError, match="row/block"):
+        K.describe_block(q, t, row=0, block=10**6)
+
+
+def test_block_figure_draws_every_type():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from qlearn.explorers import kquants as E
+    x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
+    for t in TYPES:
+        fig = E.plot_block(x, t, block=0)
+        assert len(fig.axes) == 3
+        plt.close(fig)
