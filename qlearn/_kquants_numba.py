@@ -217,6 +217,8 @@ def make_qkx_quants(x, w, nmax, rmin, rdelta, nstep, use_mad, L, Laux):
         diff = scale * F32(l) + mn - x[i]
         diff = abs(diff) if use_mad else diff * diff
         best += w[i] * diff
+    if nstep < 1:
+        return scale, -mn
     for k in range(nstep + 1):
         iscale = (rmin + rdelta * F32(k) + fn) / (mx - mn)
         sum_l = _ZERO

@@ -331,7 +331,7 @@ def make_qkx_quants(x, w, nmax: int, rmin, rdelta, nstep: int, use_mad: bool):
     L = np.clip(nearest_int(_col(iscale) * (x - _col(mn))), 0, nmax)
     best = err(scale, mn, L)
     with np.errstate(all="ignore"):
-        for k in range(nstep + 1):
+        for k in range(nstep + 1 if nstep >= 1 else 0):   # nstep < 1: keep the min/max grid
             # ggml keeps updating `min` inside the sweep: later grids start from the best min so far
             rng = np.where(flat, F32(1), mx - mn)
             iscale = (rmin + rdelta * F32(k) + F32(nmax)) / rng
@@ -700,6 +700,37 @@ def _superblock_sigma2(xs):
     return _seqsum(xs * xs)
 
 
+def _k_asym_ref_search(xsub: np.ndarray, n: str, search=None):
+    """The `_ref` sub-block search of Q2_K/Q4_K/Q5_K: weights and constants per type.
+    xsub: (B, sub) float32 -> float scale (B,), -min (B,), codes (B, sub)."""
+    nmax = {"Q2_K": 3, "Q4_K": 15, "Q5_K": 31}[n]
+    if n == "Q2_K":
+        w = np.abs(xsub)                                   # |x|: big weights matter more
+        default, mad = Q2K_SEARCH, True
+    else:
+        av_x = np.sqrt(_seqsum(xsub * xsub) / F32(32))    # rms of the sub-block
+        w = _col(av_x) + np.abs(xsub)
+        default, mad = (Q4K_SEARCH if n == "Q4_K" else Q5K_SEARCH), False
+    rmin, rdelta, nstep = default if search is None else search
+    return make_qkx_quants(xsub, w, nmax, F32(rmin), F32(rdelta), int(nstep), use_mad=mad)
+
+
+def subblock_scales(x: np.ndarray, qtype: str = "Q4_K", search=None):
+    """Float sub-block scales and mins found by the `_ref` search of Q2_K/Q4_K/Q5_K, before they
+    are rounded to 4 or 6 bits. x: (rows, cols) float32 -> scales, mins: (rows*cols//sub,) float32,
+    codes (rows*cols//sub, sub) int32. search: (rmin, rdelta, nstep) to override the constants
+    (nstep < 1 keeps the plain min/max grid)."""
+    t = _qtype(qtype)
+    if t.name not in ("Q2_K", "Q4_K", "Q5_K"):
+        raise ValueError(f"subblock_scales covers Q2_K, Q4_K and Q5_K, got {t.name}")
+    x = _check_x(x, t)
+    return _k_asym_ref_search(x.reshape(-1, SUB_BLOCK_K[t.name]), t.name, search)
+
+
+#: sub-block length of the asymmetric k-quants
+SUB_BLOCK_K = {"Q2_K": 16, "Q4_K": 32, "Q5_K": 32}
+
+
 def _q_k_asym(x: np.ndarray, t: QType, imatrix) -> np.ndarray:
     """Q2_K, Q4_K, Q5_K: scale and min per sub-block, both quantized against fp16 super-scales."""
     rows, cols = x.shape
@@ -711,14 +742,7 @@ def _q_k_asym(x: np.ndarray, t: QType, imatrix) -> np.ndarray:
     nmax = {"Q2_K": 3, "Q4_K": 15, "Q5_K": 31}[n]
     xsub = xs.reshape(B * S, sub)
     if imatrix is None:
-        if n == "Q2_K":
-            w = np.abs(xsub)
-            search, mad = Q2K_SEARCH, True
-        else:
-            av_x = np.sqrt(_seqsum(xsub * xsub) / F32(32))
-            w = _col(av_x) + np.abs(xsub)
-            search, mad = (Q4K_SEARCH if n == "Q4_K" else Q5K_SEARCH), False
-        scales, mins, L = make_qkx_quants(xsub, w, nmax, *search, use_mad=mad)
+        scales, mins, L = _k_asym_ref_search(xsub, n)
         scales, mins = scales.reshape(B, S), mins.reshape(B, S)
         max_scale = np.zeros(B, F32)
         max_min = np.zeros(B, F32)

@@ -294,3 +294,21 @@ def test_block_figure_draws_every_type():
         fig = E.plot_block(x, t, block=0)
         assert len(fig.axes) == 3
         plt.close(fig)
+
+
+def test_subblock_search_beats_min_max_and_nstep0_is_min_max():
+    x = np.random.default_rng(5).standard_normal((8, 256)).astype(np.float32)
+    s0, m0, _ = K.subblock_scales(x, "Q4_K", search=(-1.0, 0.1, 0))
+    xs = x.reshape(-1, 32)
+    lo = np.minimum(xs.min(axis=1), 0).astype(np.float32)
+    np.testing.assert_array_equal(s0, np.float32(1) / (np.float32(15) / (xs.max(axis=1) - lo)))
+    np.testing.assert_array_equal(m0, -lo)
+    s, m, L = K.subblock_scales(x, "Q4_K")
+    w = np.sqrt((xs ** 2).mean(axis=1, keepdims=True)) + np.abs(xs)
+
+    def werr(s, m, L):
+        return float((w * (s[:, None] * L - m[:, None] - xs) ** 2).sum())
+    _, _, L0 = K.subblock_scales(x, "Q4_K", search=(-1.0, 0.1, 0))
+    assert werr(s, m, L) < werr(s0, m0, L0)
+    with pytest.raises(ValueError, match="Q2_K, Q4_K and Q5_K"):
+        K.subblock_scales(x, "Q6_K")
