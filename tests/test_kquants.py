@@ -312,3 +312,24 @@ def test_subblock_search_beats_min_max_and_nstep0_is_min_max():
     assert werr(s, m, L) < werr(s0, m0, L0)
     with pytest.raises(ValueError, match="Q2_K, Q4_K and Q5_K"):
         K.subblock_scales(x, "Q6_K")
+
+
+def test_numba_dequantize_uses_the_kernels_module_when_present(monkeypatch):
+    """The seam to qlearn.kernels (helper module): backend="numba" dispatches to its dequantize."""
+    import sys
+    import types
+
+    import qlearn
+    calls = []
+    fake = types.ModuleType("qlearn.kernels")
+
+    def dequantize(q, qtype):
+        calls.append(qtype)
+        return K.dequantize_numpy(q, qtype)
+    fake.dequantize = dequantize
+    monkeypatch.setitem(sys.modules, "qlearn.kernels", fake)
+    monkeypatch.setattr(qlearn, "kernels", fake, raising=False)
+    q = oracle("Q6_K")["gaussian__q_ref"]
+    out = K.dequantize(q, "Q6_K")
+    assert calls == ["Q6_K"]
+    np.testing.assert_array_equal(bits(out), bits(oracle("Q6_K")["gaussian__dq_ref"]))
