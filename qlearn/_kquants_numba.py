@@ -40,7 +40,9 @@ def _nearest_int_wide(v):
     """nearest_int outside |v| <= 4194303: the low mantissa bits of v + 1.5*2^23 (ggml's garbage,
     clamped by every caller), emulated from frexp."""
     a = abs(float(v + ROUND_MAGIC))
-    if a == 0.0 or math.isinf(a) or math.isnan(a):
+    if math.isnan(a):
+        return 0            # x86's default NaN 0x7FC00000 / 0xFFC00000 has mantissa 0x400000
+    if a == 0.0 or math.isinf(a):
         return -0x400000
     m, e = math.frexp(a)
     return int((2.0 * m - 1.0) * _TWO23) - 0x400000

@@ -39,6 +39,9 @@ QK_K = 256
 GROUP_MAX_EPS = F32(1e-15)
 #: 1.5 * 2^23: adding it to |v| < 2^22 leaves round-half-even(v) in the low mantissa bits
 ROUND_MAGIC = F32(12582912.0)
+#: largest |x| accepted: beyond it ggml's float32 sums of squares (over up to 1e8 weights) can
+#: overflow to inf and the bytes would depend on NaN propagation (real weights are far below)
+MAX_ABS_INPUT = F32(1e15)
 #: the 16 levels of IQ4_NL / IQ4_XS: a non-uniform 4-bit grid, denser near zero
 IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10,
                        1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
@@ -167,6 +170,10 @@ def _check_x(x, t: QType) -> np.ndarray:
     if not np.isfinite(x).all():
         raise ValueError(f"x must be finite, got {int(np.sum(~np.isfinite(x)))} NaN/Inf values "
                          f"(clean the tensor before quantizing)")
+    amax = float(np.abs(x).max())
+    if amax > MAX_ABS_INPUT:
+        raise ValueError(f"|x| must be at most {float(MAX_ABS_INPUT):.0e} (float32 sums of squares would "
+                         f"overflow), got {amax:.3e} (rescale the tensor)")
     return np.ascontiguousarray(x)
 
 

@@ -238,6 +238,8 @@ def test_bad_inputs_raise_value_error():
         y[1, 3] = bad
         with pytest.raises(ValueError, match="finite"):
             K.quantize(y, "Q6_K")
+    with pytest.raises(ValueError, match="at most 1e\\+15"):
+        K.quantize(np.full((1, 32), 1e20, np.float32), "Q8_0")
     with pytest.raises(ValueError, match="float32, got float64"):
         K.quantize(x.astype(np.float64), "Q4_0")
     with pytest.raises(ValueError, match="numpy float32 array"):
