@@ -189,7 +189,8 @@ def make_q3_quants(x, nmax, L):
 
 @_jit
 def make_qkx_quants(x, w, nmax, rmin, rdelta, nstep, use_mad, L, Laux):
-    """Asymmetric codes in [0, nmax] (make_qkx2 / make_qkx3). Returns (scale, -min)."""
+    """Asymmetric codes in [0, nmax] (make_qkx2 / make_qkx3). Returns (scale, -min).
+    x, w: (n,) float32; L: (n,) int32 receives the codes; Laux: (n,) float32 scratch."""
     n = x.shape[0]
     mn = x[0]
     mx = x[0]
@@ -223,14 +224,22 @@ def make_qkx_quants(x, w, nmax, rmin, rdelta, nstep, use_mad, L, Laux):
         return scale, -mn
     for k in range(nstep + 1):
         iscale = (rmin + rdelta * F32(k) + fn) / (mx - mn)
+        # codes of this grid; when every |iscale*(x - mn)| is inside nearest_int's exact range
+        # (checked on the largest, rounding is monotonic) this loop is branch-free and vectorises
+        span = _ZERO
+        for i in range(n):
+            span = max(span, abs(x[i] - mn))
+        if iscale * span <= _NEAREST_INT_EXACT:
+            for i in range(n):
+                Laux[i] = min(max(np.rint(iscale * (x[i] - mn)), _ZERO), fn)
+        else:
+            for i in range(n):
+                Laux[i] = F32(max(0, min(nmax, nearest_int(iscale * (x[i] - mn)))))
         sum_l = _ZERO
         sum_l2 = _ZERO
         sum_xl = _ZERO
         for i in range(n):
-            l = nearest_int(iscale * (x[i] - mn))
-            l = max(0, min(nmax, l))
-            Laux[i] = l
-            lf = F32(l)
+            lf = Laux[i]
             sum_l += w[i] * lf
             sum_l2 += w[i] * lf * lf
             sum_xl += w[i] * lf * x[i]
@@ -243,12 +252,12 @@ def make_qkx_quants(x, w, nmax, rmin, rdelta, nstep, use_mad, L, Laux):
                 this_scale = sum_xl / sum_l2
             cur = _ZERO
             for i in range(n):
-                diff = this_scale * F32(Laux[i]) + this_min - x[i]
+                diff = this_scale * Laux[i] + this_min - x[i]
                 diff = abs(diff) if use_mad else diff * diff
                 cur += w[i] * diff
             if cur < best:
                 for i in range(n):
-                    L[i] = Laux[i]
+                    L[i] = int(Laux[i])
                 best = cur
                 scale = this_scale
                 mn = this_min
@@ -462,7 +471,7 @@ def _legacy_imat(x, kind, qwrow, out):
         sumx2 += x[j] * x[j]
     sigma2 = sumx2 / F32(n)
     L = np.empty(32, np.int32)
-    Laux = np.empty(32, np.int32)
+    Laux = np.empty(32, np.float32)
     w = np.empty(32, np.float32)
     for b in range(nb):
         xb = x[32 * b:32 * b + 32]
@@ -626,7 +635,7 @@ def _k_asym(x, qw, use_imat, kind, out):
     """x: (rows, cols) float32; out: (rows, row_bytes) uint8."""
     tsz = (84, 144, 176)[kind]
     L = np.zeros(QK_K, np.int32)
-    Laux = np.zeros(32, np.int32)
+    Laux = np.zeros(32, np.float32)
     w = np.zeros(32, np.float32)
     scales = np.zeros(16, np.float32)
     mins = np.zeros(16, np.float32)
