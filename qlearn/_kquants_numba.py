@@ -190,7 +190,7 @@ def make_q3_quants(x, nmax, L):
 @_jit
 def make_qkx_quants(x, w, nmax, rmin, rdelta, nstep, use_mad, L, Laux):
     """Asymmetric codes in [0, nmax] (make_qkx2 / make_qkx3). Returns (scale, -min).
-    x, w: (n,) float32; L: (n,) int32 receives the codes; Laux: (n,) float32 scratch."""
+    x, w: (n,) float32; L: (n,) int32 receives the codes; Laux: (2n,) float32 scratch."""
     n = x.shape[0]
     mn = x[0]
     mx = x[0]
@@ -222,27 +222,21 @@ def make_qkx_quants(x, w, nmax, rmin, rdelta, nstep, use_mad, L, Laux):
         best += w[i] * diff
     if nstep < 1:
         return scale, -mn
+    # Software pipelining, same operations in the same order as ggml: the sums of grid k+1 are
+    # accumulated in the loop that measures the error of grid k, guessing that grid k does not win
+    # (then `mn` is unchanged and the guess is exact); when it wins, grid k+1 is redone from the
+    # new min. The independent float32 chains then overlap instead of waiting on each other.
+    cur_buf = Laux[:n]
+    nxt_buf = Laux[n:2 * n]
+    _grid_codes(x, (rmin + rdelta * F32(0) + fn) / (mx - mn), mn, nmax, cur_buf)
+    sum_l, sum_l2, sum_xl = _grid_sums(x, w, cur_buf)
     for k in range(nstep + 1):
-        iscale = (rmin + rdelta * F32(k) + fn) / (mx - mn)
-        # codes of this grid; when every |iscale*(x - mn)| is inside nearest_int's exact range
-        # (checked on the largest, rounding is monotonic) this loop is branch-free and vectorises
-        span = _ZERO
-        for i in range(n):
-            span = max(span, abs(x[i] - mn))
-        if iscale * span <= _NEAREST_INT_EXACT:
-            for i in range(n):
-                Laux[i] = min(max(np.rint(iscale * (x[i] - mn)), _ZERO), fn)
-        else:
-            for i in range(n):
-                Laux[i] = F32(max(0, min(nmax, nearest_int(iscale * (x[i] - mn)))))
-        sum_l = _ZERO
-        sum_l2 = _ZERO
-        sum_xl = _ZERO
-        for i in range(n):
-            lf = Laux[i]
-            sum_l += w[i] * lf
-            sum_l2 += w[i] * lf * lf
-            sum_xl += w[i] * lf * x[i]
+        has_next = k < nstep
+        if has_next:
+            _grid_codes(x, (rmin + rdelta * F32(k + 1) + fn) / (mx - mn), mn, nmax, nxt_buf)
+        n_l = _ZERO
+        n_l2 = _ZERO
+        n_xl = _ZERO
         D = sum_w * sum_l2 - sum_l * sum_l
         if D > 0:
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
@@ -251,17 +245,67 @@ def make_qkx_quants(x, w, nmax, rmin, rdelta, nstep, use_mad, L, Laux):
                 this_min = _ZERO
                 this_scale = sum_xl / sum_l2
             cur = _ZERO
-            for i in range(n):
-                diff = this_scale * Laux[i] + this_min - x[i]
-                diff = abs(diff) if use_mad else diff * diff
-                cur += w[i] * diff
+            if has_next:
+                for i in range(n):
+                    diff = this_scale * cur_buf[i] + this_min - x[i]
+                    diff = abs(diff) if use_mad else diff * diff
+                    cur += w[i] * diff
+                    lf = nxt_buf[i]
+                    n_l += w[i] * lf
+                    n_l2 += w[i] * lf * lf
+                    n_xl += w[i] * lf * x[i]
+            else:
+                for i in range(n):
+                    diff = this_scale * cur_buf[i] + this_min - x[i]
+                    diff = abs(diff) if use_mad else diff * diff
+                    cur += w[i] * diff
             if cur < best:
                 for i in range(n):
-                    L[i] = int(Laux[i])
+                    L[i] = int(cur_buf[i])
                 best = cur
                 scale = this_scale
                 mn = this_min
+                if has_next:   # the guess assumed the old min: redo grid k+1 from the new one
+                    _grid_codes(x, (rmin + rdelta * F32(k + 1) + fn) / (mx - mn), mn, nmax, nxt_buf)
+                    n_l, n_l2, n_xl = _grid_sums(x, w, nxt_buf)
+        elif has_next:
+            n_l, n_l2, n_xl = _grid_sums(x, w, nxt_buf)
+        cur_buf, nxt_buf = nxt_buf, cur_buf
+        sum_l = n_l
+        sum_l2 = n_l2
+        sum_xl = n_xl
     return scale, -mn
+
+
+@_jit
+def _grid_codes(x, iscale, mn, nmax, out):
+    """out[i] = clamp(nearest_int(iscale*(x[i] - mn)), 0, nmax) as float32. When every argument is
+    inside nearest_int's exact range (checked on the largest: rounding is monotonic) the loop is
+    branch-free and vectorises."""
+    n = x.shape[0]
+    span = _ZERO
+    for i in range(n):
+        span = max(span, abs(x[i] - mn))
+    if iscale * span <= _NEAREST_INT_EXACT:
+        fn = F32(nmax)
+        for i in range(n):
+            out[i] = min(max(np.rint(iscale * (x[i] - mn)), _ZERO), fn)
+    else:
+        for i in range(n):
+            out[i] = F32(max(0, min(nmax, nearest_int(iscale * (x[i] - mn)))))
+
+
+@_jit
+def _grid_sums(x, w, lf):
+    """Sequential float32 sums of w*l, w*l*l and w*l*x (ggml's order)."""
+    sum_l = _ZERO
+    sum_l2 = _ZERO
+    sum_xl = _ZERO
+    for i in range(x.shape[0]):
+        sum_l += w[i] * lf[i]
+        sum_l2 += w[i] * lf[i] * lf[i]
+        sum_xl += w[i] * lf[i] * x[i]
+    return sum_l, sum_l2, sum_xl
 
 
 @_jit
@@ -471,7 +515,7 @@ def _legacy_imat(x, kind, qwrow, out):
         sumx2 += x[j] * x[j]
     sigma2 = sumx2 / F32(n)
     L = np.empty(32, np.int32)
-    Laux = np.empty(32, np.float32)
+    Laux = np.empty(64, np.float32)
     w = np.empty(32, np.float32)
     for b in range(nb):
         xb = x[32 * b:32 * b + 32]
@@ -635,7 +679,7 @@ def _k_asym(x, qw, use_imat, kind, out):
     """x: (rows, cols) float32; out: (rows, row_bytes) uint8."""
     tsz = (84, 144, 176)[kind]
     L = np.zeros(QK_K, np.int32)
-    Laux = np.zeros(32, np.float32)
+    Laux = np.zeros(64, np.float32)
     w = np.zeros(32, np.float32)
     scales = np.zeros(16, np.float32)
     mins = np.zeros(16, np.float32)

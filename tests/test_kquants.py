@@ -220,7 +220,8 @@ def test_numba_kernels_contain_no_fma():
     x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
     for t in TYPES:
         K.quantize(x, t, np.ones(256, np.float32))
-    for fn in (N.make_qkx_quants, N.make_qx_quants, N.make_qp_quants, N.make_q3_quants, N._k_asym_block):
+    for fn in (N.make_qkx_quants, N._grid_codes, N._grid_sums, N.make_qx_quants, N.make_qp_quants,
+               N.make_q3_quants, N._k_asym_block, N._q6k, N._legacy_ref):
         for sig in fn.signatures:
             asm = fn.inspect_asm(sig).lower()
             assert "vfmadd" not in asm and "vfmsub" not in asm and "vfnmadd" not in asm
