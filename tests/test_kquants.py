@@ -215,16 +215,31 @@ def test_numba_helpers_match_numpy():
 
 
 def test_numba_kernels_contain_no_fma():
-    """fastmath is off, so LLVM must not fuse a*b+c (ggml's reference build does not)."""
+    """fastmath is off, so LLVM must not fuse a*b+c (ggml's reference build does not). Cached code
+    cannot be inspected, so each kernel is recompiled here without the cache."""
+    import numba
     from qlearn import _kquants_numba as N
     x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
     for t in TYPES:
         K.quantize(x, t, np.ones(256, np.float32))
+    # callees loaded from the cache have no signatures of their own: call them once directly
+    x32, i32 = x[0, :32].copy(), np.zeros(32, np.int32)
+    N.make_qkx_quants(x32, np.abs(x32), 15, *K.Q4K_SEARCH, False, i32, np.zeros(64, np.float32))
+    N._grid_codes(x32, np.float32(2), np.float32(-1), 15, np.zeros(32, np.float32))
+    N._grid_sums(x32, np.abs(x32), np.ones(32, np.float32))
+    N.make_qx_quants(x32, 8, x32 * x32, i32)
+    N.make_qp_quants(np.abs(x32[:8]), 63, i32[:8], np.ones(8, np.float32))
+    N.make_q3_quants(x32[:16], 4, i32[:16])
     for fn in (N.make_qkx_quants, N._grid_codes, N._grid_sums, N.make_qx_quants, N.make_qp_quants,
-               N.make_q3_quants, N._k_asym_block, N._q6k, N._legacy_ref):
+               N.make_q3_quants, N._k_asym, N._q3k, N._q6k, N._legacy_ref, N._legacy_imat, N._iq4nl,
+               N._iq4xs):
+        fresh = numba.njit(cache=False, fastmath=False, error_model="numpy")(fn.py_func)
+        assert fn.signatures, fn.__name__
         for sig in fn.signatures:
-            asm = fn.inspect_asm(sig).lower()
-            assert "vfmadd" not in asm and "vfmsub" not in asm and "vfnmadd" not in asm
+            fresh.compile(sig)
+            asm = fresh.inspect_asm(sig).lower()
+            assert "mulss" in asm, f"{fn.__name__}: no float32 multiply found, inspection failed"
+            assert "vfmadd" not in asm and "vfmsub" not in asm and "vfnmadd" not in asm, fn.__name__
 
 
 # ---- bad input ------------------------------------------------------------------------------------------
