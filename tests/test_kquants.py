@@ -302,13 +302,13 @@ def test_describe_block_decodes_the_bytes(t):
         K.describe_block(q, t, row=0, block=10**6)
 
 
-def test_block_figure_draws_every_type():
+def test_block_figure_draws_each_layout_kind():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from qlearn.explorers import kquants as E
     x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
-    for t in TYPES:
+    for t in ("Q4_0", "Q4_1", "Q2_K", "Q6_K"):   # one scale, scale+min, sub-block scales+mins, scales
         fig = E.plot_block(x, t, block=0)
         assert len(fig.axes) == 3
         plt.close(fig)
