@@ -83,9 +83,17 @@ def block_info(qtype) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------
 # Per-row dequantizers. src: (row_bytes,) uint8, dst: (cols,) float32, lut: fp16 table.
 # The arithmetic order of each line is ggml's (dequantize_row_<t> in ggml-quants.c).
+#
+# Speed note: every inner loop runs ``range(n32)`` where ``n32`` is the number 32 passed in at
+# run time (:data:`_N32`). With a literal 32, LLVM fully unrolls the loop first and its
+# straight-line (SLP) vectorizer then gives up, because it cannot prove that the uint8 input and
+# the float32 output do not overlap. With a run-time trip count the loop vectorizer handles it
+# and adds one cheap overlap check per loop: 2-4x faster, same bits. Sub-blocks of 16 elements
+# (Q2_K, Q3_K, Q6_K) are done 32 at a time, picking the scale of each half with a select.
 # --------------------------------------------------------------------------------------------
 
 _f32 = np.float32
+_N32 = 32  # the loop length handed to the kernels at run time (see the speed note above)
 
 
 @njit(cache=True, inline="always")
@@ -94,42 +102,43 @@ def _fp16(src, o, lut):
     return lut[np.int64(src[o]) | (np.int64(src[o + 1]) << 8)]
 
 
+@njit(cache=True, inline="always")
+def _u32(src, o):
+    """uint32 (little-endian) at byte offset o of src."""
+    return (np.uint32(src[o]) | (np.uint32(src[o + 1]) << 8)
+            | (np.uint32(src[o + 2]) << 16) | (np.uint32(src[o + 3]) << 24))
+
+
 @njit(cache=True)
-def _row_q4_0(src, dst, lut):
+def _row_q4_0(src, dst, lut, n32):
     for i in range(dst.shape[0] // 32):
         o = i * 18
         d = _fp16(src, o, lut)
-        for l in range(16):
+        for l in range(n32 // 2):
             b = np.int32(src[o + 2 + l])
             dst[32 * i + l] = _f32((b & 15) - 8) * d
             dst[32 * i + 16 + l] = _f32((b >> 4) - 8) * d
 
 
 @njit(cache=True)
-def _row_q4_1(src, dst, lut):
+def _row_q4_1(src, dst, lut, n32):
     for i in range(dst.shape[0] // 32):
         o = i * 20
         d = _fp16(src, o, lut)
         m = _fp16(src, o + 2, lut)
-        for l in range(16):
+        for l in range(n32 // 2):
             b = np.int32(src[o + 4 + l])
             dst[32 * i + l] = _f32(b & 15) * d + m
             dst[32 * i + 16 + l] = _f32(b >> 4) * d + m
 
 
-@njit(cache=True, inline="always")
-def _u32(src, o):
-    return (np.uint32(src[o]) | (np.uint32(src[o + 1]) << 8)
-            | (np.uint32(src[o + 2]) << 16) | (np.uint32(src[o + 3]) << 24))
-
-
 @njit(cache=True)
-def _row_q5_0(src, dst, lut):
+def _row_q5_0(src, dst, lut, n32):
     for i in range(dst.shape[0] // 32):
         o = i * 22
         d = _fp16(src, o, lut)
         qh = _u32(src, o + 2)
-        for l in range(16):
+        for l in range(n32 // 2):
             b = np.int32(src[o + 6 + l])
             h0 = np.int32((qh >> l) & 1) << 4
             h1 = np.int32((qh >> (l + 16)) & 1) << 4
@@ -138,13 +147,13 @@ def _row_q5_0(src, dst, lut):
 
 
 @njit(cache=True)
-def _row_q5_1(src, dst, lut):
+def _row_q5_1(src, dst, lut, n32):
     for i in range(dst.shape[0] // 32):
         o = i * 24
         d = _fp16(src, o, lut)
         m = _fp16(src, o + 2, lut)
         qh = _u32(src, o + 4)
-        for l in range(16):
+        for l in range(n32 // 2):
             b = np.int32(src[o + 8 + l])
             h0 = np.int32((qh >> l) & 1) << 4
             h1 = np.int32((qh >> (l + 16)) & 1) << 4
@@ -153,44 +162,46 @@ def _row_q5_1(src, dst, lut):
 
 
 @njit(cache=True)
-def _row_q8_0(src, dst, lut):
+def _row_q8_0(src, dst, lut, n32):
     for i in range(dst.shape[0] // 32):
         o = i * 34
         d = _fp16(src, o, lut)
-        for l in range(32):
+        for l in range(n32):
             dst[32 * i + l] = _f32(np.int8(src[o + 2 + l])) * d
 
 
 @njit(cache=True)
-def _row_iq4_nl(src, dst, lut):
+def _row_iq4_nl(src, dst, lut, n32):
     levels = _IQ4_LEVELS_F32
     for i in range(dst.shape[0] // 32):
         o = i * 18
         d = _fp16(src, o, lut)
-        for l in range(16):
+        for l in range(n32 // 2):
             b = np.int32(src[o + 2 + l])
             dst[32 * i + l] = d * levels[b & 15]
             dst[32 * i + 16 + l] = d * levels[b >> 4]
 
 
 @njit(cache=True)
-def _row_q2_k(src, dst, lut):
+def _row_q2_k(src, dst, lut, n32):
     for i in range(dst.shape[0] // QK_K):
         o = i * 84
         d = _fp16(src, o + 80, lut)
         dmin = _fp16(src, o + 82, lut)
         for h in range(2):  # two halves of 128 elements, 32 qs bytes each
-            for s in range(4):  # 2-bit plane s of those bytes
-                for half in range(2):  # 16-element sub-block
-                    j = 8 * h + 2 * s + half
-                    sc = np.int32(src[o + j])
-                    dl = d * _f32(sc & 15)
-                    ml = dmin * _f32(sc >> 4)
-                    base = o + 16 + 32 * h + 16 * half
-                    out = QK_K * i + 128 * h + 32 * s + 16 * half
-                    for l in range(16):
-                        qv = (np.int32(src[base + l]) >> (2 * s)) & 3
-                        dst[out + l] = dl * _f32(qv) - ml
+            for s in range(4):  # 2-bit plane s of those bytes: 32 elements, two 16-element sub-blocks
+                j = 8 * h + 2 * s
+                sc0 = np.int32(src[o + j])
+                sc1 = np.int32(src[o + j + 1])
+                dl0 = d * _f32(sc0 & 15)
+                ml0 = dmin * _f32(sc0 >> 4)
+                dl1 = d * _f32(sc1 & 15)
+                ml1 = dmin * _f32(sc1 >> 4)
+                base = o + 16 + 32 * h
+                out = QK_K * i + 128 * h + 32 * s
+                for l in range(n32):
+                    qv = _f32((np.int32(src[base + l]) >> (2 * s)) & 3)
+                    dst[out + l] = (dl0 * qv - ml0) if l < 16 else (dl1 * qv - ml1)
 
 
 @njit(cache=True, inline="always")
@@ -205,22 +216,23 @@ def _q3_k_scale(src, so, j):
 
 
 @njit(cache=True)
-def _row_q3_k(src, dst, lut):
+def _row_q3_k(src, dst, lut, n32):
     for i in range(dst.shape[0] // QK_K):
         o = i * 110
         d = _fp16(src, o + 108, lut)
         for h in range(2):
             for s in range(4):
-                hbit = 4 * h + s  # bit of hmask that holds the high bit of these 32 elements
-                for half in range(2):
-                    j = 8 * h + 2 * s + half
-                    dl = d * _f32(_q3_k_scale(src, o + 96, j) - 32)
-                    base = 32 * h + 16 * half
-                    out = QK_K * i + 128 * h + 32 * s + 16 * half
-                    for l in range(16):
-                        q2 = (np.int32(src[o + 32 + base + l]) >> (2 * s)) & 3
-                        hm = (np.int32(src[o + 16 * half + l]) >> hbit) & 1
-                        dst[out + l] = dl * _f32(q2 - 4 + 4 * hm)
+                hbit = 4 * h + s  # bit of hmask[l] holding the high bit of these 32 elements
+                j = 8 * h + 2 * s
+                dl0 = d * _f32(_q3_k_scale(src, o + 96, j) - 32)
+                dl1 = d * _f32(_q3_k_scale(src, o + 96, j + 1) - 32)
+                base = o + 32 + 32 * h
+                out = QK_K * i + 128 * h + 32 * s
+                for l in range(n32):
+                    q2 = (np.int32(src[base + l]) >> (2 * s)) & 3
+                    hm = (np.int32(src[o + l]) >> hbit) & 1
+                    qv = _f32(q2 - 4 + 4 * hm)
+                    dst[out + l] = (dl0 if l < 16 else dl1) * qv
 
 
 @njit(cache=True, inline="always")
@@ -236,7 +248,7 @@ def _k4_scale_min(src, so, j):
 
 
 @njit(cache=True)
-def _row_q4_k(src, dst, lut):
+def _row_q4_k(src, dst, lut, n32):
     for i in range(dst.shape[0] // QK_K):
         o = i * 144
         d = _fp16(src, o, lut)
@@ -248,12 +260,12 @@ def _row_q4_k(src, dst, lut):
             base = o + 16 + 32 * (j // 2)
             shift = 4 * (j % 2)
             out = QK_K * i + 32 * j
-            for l in range(32):
+            for l in range(n32):
                 dst[out + l] = d1 * _f32((np.int32(src[base + l]) >> shift) & 15) - m1
 
 
 @njit(cache=True)
-def _row_q5_k(src, dst, lut):
+def _row_q5_k(src, dst, lut, n32):
     for i in range(dst.shape[0] // QK_K):
         o = i * 176
         d = _fp16(src, o, lut)
@@ -265,33 +277,33 @@ def _row_q5_k(src, dst, lut):
             base = o + 48 + 32 * (j // 2)
             shift = 4 * (j % 2)
             out = QK_K * i + 32 * j
-            for l in range(32):
+            for l in range(n32):
                 q = ((np.int32(src[base + l]) >> shift) & 15) | (((np.int32(src[o + 16 + l]) >> j) & 1) << 4)
                 dst[out + l] = d1 * _f32(q) - m1
 
 
 @njit(cache=True)
-def _row_q6_k(src, dst, lut):
+def _row_q6_k(src, dst, lut, n32):
     for i in range(dst.shape[0] // QK_K):
         o = i * 210
         d = _fp16(src, o + 208, lut)
         for h in range(2):
             for s in range(4):
-                for half in range(2):
-                    j = 8 * h + 2 * s + half
-                    dl = d * _f32(np.int8(src[o + 192 + j]))
-                    lo_base = o + 64 * h + 32 * (s % 2) + 16 * half
-                    hi_base = o + 128 + 32 * h + 16 * half
-                    lo_shift = 4 * (s // 2)
-                    out = QK_K * i + 128 * h + 32 * s + 16 * half
-                    for l in range(16):
-                        low4 = (np.int32(src[lo_base + l]) >> lo_shift) & 15
-                        high2 = (np.int32(src[hi_base + l]) >> (2 * s)) & 3
-                        dst[out + l] = dl * _f32((low4 | (high2 << 4)) - 32)
+                j = 8 * h + 2 * s
+                dl0 = d * _f32(np.int8(src[o + 192 + j]))
+                dl1 = d * _f32(np.int8(src[o + 193 + j]))
+                lo_base = o + 64 * h + 32 * (s % 2)
+                hi_base = o + 128 + 32 * h
+                lo_shift = 4 * (s // 2)
+                out = QK_K * i + 128 * h + 32 * s
+                for l in range(n32):
+                    low4 = (np.int32(src[lo_base + l]) >> lo_shift) & 15
+                    high2 = (np.int32(src[hi_base + l]) >> (2 * s)) & 3
+                    dst[out + l] = (dl0 if l < 16 else dl1) * _f32((low4 | (high2 << 4)) - 32)
 
 
 @njit(cache=True)
-def _row_iq4_xs(src, dst, lut):
+def _row_iq4_xs(src, dst, lut, n32):
     levels = _IQ4_LEVELS_F32
     for i in range(dst.shape[0] // QK_K):
         o = i * 136
@@ -302,50 +314,50 @@ def _row_iq4_xs(src, dst, lut):
             dl = d * _f32(ls - 32)
             base = o + 8 + 16 * ib
             out = QK_K * i + 32 * ib
-            for l in range(16):
+            for l in range(n32 // 2):
                 b = np.int32(src[base + l])
                 dst[out + l] = dl * levels[b & 15]
                 dst[out + 16 + l] = dl * levels[b >> 4]
 
 
 @njit(cache=True, inline="always")
-def _dequant_row(tid, src, dst, lut):
+def _dequant_row(tid, src, dst, lut, n32):
     if tid == 0:
-        _row_q4_0(src, dst, lut)
+        _row_q4_0(src, dst, lut, n32)
     elif tid == 1:
-        _row_q4_1(src, dst, lut)
+        _row_q4_1(src, dst, lut, n32)
     elif tid == 2:
-        _row_q5_0(src, dst, lut)
+        _row_q5_0(src, dst, lut, n32)
     elif tid == 3:
-        _row_q5_1(src, dst, lut)
+        _row_q5_1(src, dst, lut, n32)
     elif tid == 4:
-        _row_q8_0(src, dst, lut)
+        _row_q8_0(src, dst, lut, n32)
     elif tid == 5:
-        _row_q2_k(src, dst, lut)
+        _row_q2_k(src, dst, lut, n32)
     elif tid == 6:
-        _row_q3_k(src, dst, lut)
+        _row_q3_k(src, dst, lut, n32)
     elif tid == 7:
-        _row_q4_k(src, dst, lut)
+        _row_q4_k(src, dst, lut, n32)
     elif tid == 8:
-        _row_q5_k(src, dst, lut)
+        _row_q5_k(src, dst, lut, n32)
     elif tid == 9:
-        _row_q6_k(src, dst, lut)
+        _row_q6_k(src, dst, lut, n32)
     elif tid == 10:
-        _row_iq4_nl(src, dst, lut)
+        _row_iq4_nl(src, dst, lut, n32)
     else:
-        _row_iq4_xs(src, dst, lut)
+        _row_iq4_xs(src, dst, lut, n32)
 
 
 @njit(cache=True, parallel=True)
-def _dequant_parallel(q, tid, out, lut):
+def _dequant_parallel(q, tid, out, lut, n32):
     for r in prange(q.shape[0]):
-        _dequant_row(tid, q[r], out[r], lut)
+        _dequant_row(tid, q[r], out[r], lut, n32)
 
 
 @njit(cache=True)
-def _dequant_serial(q, tid, out, lut):
+def _dequant_serial(q, tid, out, lut, n32):
     for r in range(q.shape[0]):
-        _dequant_row(tid, q[r], out[r], lut)
+        _dequant_row(tid, q[r], out[r], lut, n32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,5 +412,259 @@ def dequantize(q, qtype, *, parallel: bool = True, out: np.ndarray | None = None
             f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
         )
     kernel = _dequant_parallel if parallel else _dequant_serial
-    kernel(q, _TID[name], out, _FP16_TO_F32)
+    kernel(q, _TID[name], out, _FP16_TO_F32, _N32)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Activation quantizers of ggml's CPU matvec (the "vec_dot_type" of each weight type)
+# --------------------------------------------------------------------------------------------
+
+Q8_MAX = 127  # largest int8 code used: symmetric [-127, 127], so -x quantizes to -q
+
+
+def _check_x(x, cols: int, what: str = "x") -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{what} must be a numpy float32 array of shape ({cols},), got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise ValueError(f"{what} must be float32, got {x.dtype} (convert with x.astype(np.float32))")
+    if x.ndim != 1 or x.shape[0] != cols:
+        raise ValueError(
+            f"{what} must have shape ({cols},) to match the matrix's {cols} columns, got {x.shape}"
+        )
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what} contains NaN or Inf ({int((~np.isfinite(x)).sum())} entries); clean the input first")
+    return np.ascontiguousarray(x)
+
+
+def quantize_q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantize activations to ggml's Q8_K (``quantize_row_q8_K_ref``): 256-element blocks.
+
+    x: (n,) float32, n a multiple of 256.
+    Returns ``qs: (n,) int8``, ``d: (n // 256,) float32`` (kept in float32, not fp16) and
+    ``bsums: (n // 16,) int16`` (sum of each 16 codes, so a k-quant's min term costs one
+    multiply per sub-block). Per block, with ``m`` the first entry of largest magnitude:
+    ``iscale = -127 / m``, ``q = min(127, round_half_even(iscale * x))``, ``d = 1 / iscale``.
+    (The minus sign is ggml's: it maps the extreme to -127 so no code is -128.)
+    """
+    if x.ndim != 1 or x.shape[0] % QK_K:
+        raise ValueError(f"Q8_K needs a 1-D float32 vector whose length is a multiple of {QK_K}, got shape {x.shape}")
+    xb = x.reshape(-1, QK_K)
+    ax = np.abs(xb)
+    first = np.argmax(ax, axis=1)  # strict '>' in ggml: the first largest |x| wins
+    mx = xb[np.arange(xb.shape[0]), first]
+    nz = mx != 0
+    iscale = np.zeros(xb.shape[0], dtype=np.float32)
+    iscale[nz] = np.float32(-Q8_MAX) / mx[nz]
+    v = np.rint(iscale[:, None] * xb)  # float32 product, ties to even (ggml's nearest_int)
+    qs = np.minimum(v, Q8_MAX).astype(np.int8)
+    d = np.zeros(xb.shape[0], dtype=np.float32)
+    d[nz] = np.float32(1) / iscale[nz]
+    bsums = qs.reshape(-1, 16).astype(np.int16).sum(axis=1, dtype=np.int16)
+    return qs.reshape(-1), d, bsums
+
+
+def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantize activations to ggml's Q8_0 (``quantize_row_q8_0_ref``): 32-element blocks.
+
+    x: (n,) float32, n a multiple of 32.
+    Returns ``qs: (n,) int8`` and ``d: (n // 32,) float32`` holding the fp16-rounded scale
+    (the value the dot product reads back). ``d = max|x| / 127``, ``q = roundf(x * (1/d))``
+    with ties away from zero. Identical to ``gguf.quants.quantize(x, Q8_0)``.
+    """
+    if x.ndim != 1 or x.shape[0] % QK_LEGACY:
+        raise ValueError(f"Q8_0 needs a 1-D float32 vector whose length is a multiple of {QK_LEGACY}, got shape {x.shape}")
+    xb = x.reshape(-1, QK_LEGACY)
+    d = np.abs(xb).max(axis=1) / np.float32(Q8_MAX)
+    with np.errstate(divide="ignore"):
+        idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    v = (xb * idv[:, None]).astype(np.float64)  # float32 product, then exact float64 rounding
+    qs = np.trunc(v + np.copysign(0.5, v)).astype(np.int8)  # roundf: ties away from zero
+    d16 = d.astype(np.float16).astype(np.float32)
+    return qs.reshape(-1), d16
+
+
+# --------------------------------------------------------------------------------------------
+# Fused matvec kernels, q8 activations. Integer dot products per sub-block, as ggml's
+# vec_dot_<t>_q8_<K|0>. The int16 casts tell LLVM the products fit 16 bits (|4-bit code *
+# int8| <= 15*127, |6-bit code * int8| <= 32*128), which lets it use 16-bit SIMD multiplies
+# (vpmaddwd) instead of 64-bit ones: about 2x faster.
+# --------------------------------------------------------------------------------------------
+
+_i16 = np.int16
+_i32 = np.int32
+
+
+@njit(cache=True, inline="always")
+def _mv_row_q4_k(src, xq, xd, bsums, lut):
+    acc = _f32(0)
+    for i in range(xq.shape[0] // QK_K):
+        o = i * 144
+        d = _fp16(src, o, lut)
+        dmin = _fp16(src, o + 2, lut)
+        sumi = 0
+        summ = 0
+        for c in range(4):  # 64 elements: low nibbles = sub-block 2c, high nibbles = 2c+1
+            sa = _i32(0)
+            sb = _i32(0)
+            base = o + 16 + 32 * c
+            xo = QK_K * i + 64 * c
+            for l in range(32):
+                b = _i16(src[base + l])
+                sa = _i32(sa + _i16(_i16(b & 15) * _i16(xq[xo + l])))
+                sb = _i32(sb + _i16(_i16(b >> 4) * _i16(xq[xo + 32 + l])))
+            sc0, m0 = _k4_scale_min(src, o + 4, 2 * c)
+            sc1, m1 = _k4_scale_min(src, o + 4, 2 * c + 1)
+            sumi += sc0 * sa + sc1 * sb
+            # min term: m_j * (sum of the 32 activation codes of sub-block j), from the bsums
+            summ += m0 * (bsums[16 * i + 4 * c] + bsums[16 * i + 4 * c + 1])
+            summ += m1 * (bsums[16 * i + 4 * c + 2] + bsums[16 * i + 4 * c + 3])
+        acc += (xd[i] * d) * _f32(sumi) - (xd[i] * dmin) * _f32(summ)
+    return acc
+
+
+@njit(cache=True, inline="always")
+def _mv_row_q6_k(src, xq, xd, bsums, lut):
+    acc = _f32(0)
+    for i in range(xq.shape[0] // QK_K):
+        o = i * 210
+        d = _fp16(src, o + 208, lut)
+        sumi = 0
+        for h in range(2):
+            for s in range(4):
+                j = 8 * h + 2 * s
+                lo_base = o + 64 * h + 32 * (s % 2)
+                hi_base = o + 128 + 32 * h
+                lo_shift = 4 * (s // 2)
+                hi_shift = 2 * s
+                xo = QK_K * i + 128 * h + 32 * s
+                sa = _i32(0)
+                sb = _i32(0)
+                for l in range(16):
+                    w0 = _i16(((_i16(src[lo_base + l]) >> lo_shift) & 15) | (((_i16(src[hi_base + l]) >> hi_shift) & 3) << 4)) - _i16(32)
+                    w1 = _i16(((_i16(src[lo_base + 16 + l]) >> lo_shift) & 15) | (((_i16(src[hi_base + 16 + l]) >> hi_shift) & 3) << 4)) - _i16(32)
+                    sa = _i32(sa + _i16(_i16(w0) * _i16(xq[xo + l])))
+                    sb = _i32(sb + _i16(_i16(w1) * _i16(xq[xo + 16 + l])))
+                sumi += np.int64(np.int8(src[o + 192 + j])) * sa + np.int64(np.int8(src[o + 193 + j])) * sb
+        acc += (d * xd[i]) * _f32(sumi)
+    return acc
+
+
+@njit(cache=True, inline="always")
+def _mv_row_q8_0(src, xq, xd, bsums, lut):
+    acc = _f32(0)
+    for i in range(xq.shape[0] // QK_LEGACY):
+        o = i * 34
+        sumi = _i32(0)
+        for l in range(32):
+            sumi = _i32(sumi + _i16(_i16(np.int8(src[o + 2 + l])) * _i16(xq[32 * i + l])))
+        acc += _f32(sumi) * (_fp16(src, o, lut) * xd[i])
+    return acc
+
+
+@njit(cache=True, inline="always")
+def _mv_row_q8(tid, src, xq, xd, bsums, lut):
+    if tid == 7:
+        return _mv_row_q4_k(src, xq, xd, bsums, lut)
+    elif tid == 9:
+        return _mv_row_q6_k(src, xq, xd, bsums, lut)
+    else:
+        return _mv_row_q8_0(src, xq, xd, bsums, lut)
+
+
+@njit(cache=True, parallel=True)
+def _matvec_q8_parallel(q, tid, xq, xd, bsums, lut, y):
+    for r in prange(q.shape[0]):
+        y[r] = _mv_row_q8(tid, q[r], xq, xd, bsums, lut)
+
+
+@njit(cache=True)
+def _matvec_q8_serial(q, tid, xq, xd, bsums, lut, y):
+    for r in range(q.shape[0]):
+        y[r] = _mv_row_q8(tid, q[r], xq, xd, bsums, lut)
+
+
+# --------------------------------------------------------------------------------------------
+# Fused matvec, float32 activations: dequantize one block into a small buffer (the exact
+# ggml values), dot it with x. fastmath lets LLVM reorder the float32 sum into SIMD lanes:
+# the result is not bit-matched to anything, only accurate to float32 rounding.
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, fastmath=True)
+def _matvec_f32_rows(q, tid, x, lut, y, bs, ts, n32, r0, r1):
+    buf = np.empty(bs, dtype=np.float32)
+    for r in range(r0, r1):
+        src = q[r]
+        acc = _f32(0)
+        for i in range(x.shape[0] // bs):
+            _dequant_row(tid, src[i * ts:(i + 1) * ts], buf, lut, n32)
+            part = _f32(0)
+            for l in range(bs):
+                part += buf[l] * x[i * bs + l]
+            acc += part
+        y[r] = acc
+
+
+@njit(cache=True, parallel=True)
+def _matvec_f32_parallel(q, tid, x, lut, y, bs, ts, n32, n_chunks):
+    step = (q.shape[0] + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        _matvec_f32_rows(q, tid, x, lut, y, bs, ts, n32, c * step, min(q.shape[0], (c + 1) * step))
+
+
+ACTIVATIONS = ("q8", "f32")
+
+
+def matvec(q, qtype, x: np.ndarray, *, activations: str = "q8", parallel: bool = True) -> np.ndarray:
+    """Fused dequantize-and-multiply ``y = W @ x`` without materialising W in float32.
+
+    q: (rows, row_bytes) uint8, the GGUF bytes of W: (rows, cols).
+    qtype: "Q4_K", "Q6_K" or "Q8_0" (with ``activations="f32"`` every type in SUPPORTED).
+    x: (cols,) float32, finite.
+    Returns y: (rows,) float32.
+
+    Activations. ``activations="q8"`` (default) is what llama.cpp's CPU backend does: x is first
+    quantized to 8 bits (Q8_K blocks of 256 for Q4_K and Q6_K, Q8_0 blocks of 32 for Q8_0; see
+    :func:`quantize_q8_k`, :func:`quantize_q8_0`), then every sub-block's dot product is an
+    integer sum of (weight code) x (activation code), scaled once per (sub-)block. Integer
+    multiply-adds are narrower and cheaper than float ones (16-bit lanes), the activation
+    quantization costs microseconds for a 4096-vector, and the min term of Q4_K becomes
+    ``m_j * sum(activation codes)``, precomputed once per vector (``bsums``). The price is a
+    second rounding: each activation moves by at most half its block's step (max|x| / 254), so
+    ``|y_q8 - W @ x| <= sum_i |W_i| * step_i / 2`` plus float32 rounding. The result is not
+    bit-identical to a particular llama.cpp build (ggml's SIMD kernels order the float32 sums
+    differently and its AVX Q8_0 activation quantizer rounds ties to even), but each block's
+    integer sum is exact.
+
+    ``activations="f32"`` keeps x in float32: each block is dequantized to its exact ggml values
+    and dotted with x (float32, sum order chosen by the compiler). Slower, no activation error.
+
+    parallel: rows across numba's threads (True) or single-threaded (False).
+    """
+    name, q, cols = _check_q(q, qtype)
+    x = _check_x(x, cols)
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
+    y = np.empty(q.shape[0], dtype=np.float32)
+    tid = _TID[name]
+    if activations == "q8":
+        if name not in MATVEC_TYPES:
+            raise ValueError(
+                f"the q8-activation matvec supports {', '.join(MATVEC_TYPES)}, got {name} "
+                "(use activations='f32', or dequantize() and a float matmul)"
+            )
+        if name == "Q8_0":
+            xq, xd = quantize_q8_0(x)
+            bsums = np.zeros(1, dtype=np.int16)
+        else:
+            xq, xd, bsums = quantize_q8_k(x)
+        kernel = _matvec_q8_parallel if parallel else _matvec_q8_serial
+        kernel(q, tid, xq, xd, bsums, _FP16_TO_F32, y)
+    else:
+        bs, ts = block_info(name)
+        if parallel:
+            _matvec_f32_parallel(q, tid, x, _FP16_TO_F32, y, bs, ts, _N32, numba.get_num_threads())
+        else:
+            _matvec_f32_rows(q, tid, x, _FP16_TO_F32, y, bs, ts, _N32, 0, q.shape[0])
+    return y
