@@ -45,5 +45,5 @@ def compute_imatrix(activations: dict[str, np.ndarray]) -> dict[str, np.ndarray]
                 "fix the model run before computing an imatrix"
             )
         a64 = a.astype(np.float64)
-        out[name] = np.einsum("tj,tj->j", a64, a64).__truediv__(a.shape[0]).astype(np.float32)
+        out[name] = (np.einsum("tj,tj->j", a64, a64) / a.shape[0]).astype(np.float32)
     return out
