@@ -320,7 +320,7 @@ def _row_iq4_xs(src, dst, lut, n32):
                 dst[out + 16 + l] = dl * levels[b >> 4]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _dequant_row(tid, src, dst, lut, n32):
     if tid == 0:
         _row_q4_0(src, dst, lut, n32)
@@ -497,7 +497,7 @@ _i16 = np.int16
 _i32 = np.int32
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _mv_row_q4_k(src, xq, xd, bsums, lut, n32):
     acc = _f32(0)
     for i in range(xq.shape[0] // QK_K):
@@ -525,7 +525,7 @@ def _mv_row_q4_k(src, xq, xd, bsums, lut, n32):
     return acc
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _mv_row_q6_k(src, xq, xd, bsums, lut, n32):
     acc = _f32(0)
     for i in range(xq.shape[0] // QK_K):
@@ -560,7 +560,7 @@ def _mv_row_q6_k(src, xq, xd, bsums, lut, n32):
     return acc
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _mv_row_q8_0(src, xq, xd, bsums, lut, n32):
     acc = _f32(0)
     for i in range(xq.shape[0] // QK_LEGACY):
@@ -572,55 +572,60 @@ def _mv_row_q8_0(src, xq, xd, bsums, lut, n32):
     return acc
 
 
-@njit(cache=True, inline="always")
-def _mv_row_q8(tid, src, xq, xd, bsums, lut, n32):
-    if tid == 7:
-        return _mv_row_q4_k(src, xq, xd, bsums, lut, n32)
-    elif tid == 9:
-        return _mv_row_q6_k(src, xq, xd, bsums, lut, n32)
-    else:
-        return _mv_row_q8_0(src, xq, xd, bsums, lut, n32)
-
-
-@njit(cache=True, parallel=True)
-def _matvec_q8_parallel(q, tid, xq, xd, bsums, lut, y, n32):
-    for r in prange(q.shape[0]):
-        y[r] = _mv_row_q8(tid, q[r], xq, xd, bsums, lut, n32)
+# One driver per type and threading mode: each compiles only when first used, and LLVM
+# optimizes each row kernel in its own loop (dispatching on the type inside one shared
+# driver made the Q6_K kernel 2x slower).
 
 
 @njit(cache=True)
-def _matvec_q8_serial(q, tid, xq, xd, bsums, lut, y, n32):
+def _matvec_q4_k_serial(q, xq, xd, bsums, lut, y, n32):
     for r in range(q.shape[0]):
-        y[r] = _mv_row_q8(tid, q[r], xq, xd, bsums, lut, n32)
-
-
-# --------------------------------------------------------------------------------------------
-# Fused matvec, float32 activations: dequantize one block into a small buffer (the exact
-# ggml values), dot it with x. fastmath lets LLVM reorder the float32 sum into SIMD lanes:
-# the result is not bit-matched to anything, only accurate to float32 rounding.
-# --------------------------------------------------------------------------------------------
-
-
-@njit(cache=True, fastmath=True)
-def _matvec_f32_rows(q, tid, x, lut, y, bs, ts, n32, r0, r1):
-    buf = np.empty(bs, dtype=np.float32)
-    for r in range(r0, r1):
-        src = q[r]
-        acc = _f32(0)
-        for i in range(x.shape[0] // bs):
-            _dequant_row(tid, src[i * ts:(i + 1) * ts], buf, lut, n32)
-            part = _f32(0)
-            for l in range(bs):
-                part += buf[l] * x[i * bs + l]
-            acc += part
-        y[r] = acc
+        y[r] = _mv_row_q4_k(q[r], xq, xd, bsums, lut, n32)
 
 
 @njit(cache=True, parallel=True)
-def _matvec_f32_parallel(q, tid, x, lut, y, bs, ts, n32, n_chunks):
-    step = (q.shape[0] + n_chunks - 1) // n_chunks
-    for c in prange(n_chunks):
-        _matvec_f32_rows(q, tid, x, lut, y, bs, ts, n32, c * step, min(q.shape[0], (c + 1) * step))
+def _matvec_q4_k_parallel(q, xq, xd, bsums, lut, y, n32):
+    for r in prange(q.shape[0]):
+        y[r] = _mv_row_q4_k(q[r], xq, xd, bsums, lut, n32)
+
+
+@njit(cache=True)
+def _matvec_q6_k_serial(q, xq, xd, bsums, lut, y, n32):
+    for r in range(q.shape[0]):
+        y[r] = _mv_row_q6_k(q[r], xq, xd, bsums, lut, n32)
+
+
+@njit(cache=True, parallel=True)
+def _matvec_q6_k_parallel(q, xq, xd, bsums, lut, y, n32):
+    for r in prange(q.shape[0]):
+        y[r] = _mv_row_q6_k(q[r], xq, xd, bsums, lut, n32)
+
+
+@njit(cache=True)
+def _matvec_q8_0_serial(q, xq, xd, bsums, lut, y, n32):
+    for r in range(q.shape[0]):
+        y[r] = _mv_row_q8_0(q[r], xq, xd, bsums, lut, n32)
+
+
+@njit(cache=True, parallel=True)
+def _matvec_q8_0_parallel(q, xq, xd, bsums, lut, y, n32):
+    for r in prange(q.shape[0]):
+        y[r] = _mv_row_q8_0(q[r], xq, xd, bsums, lut, n32)
+
+
+_MATVEC_Q8 = {
+    ("Q4_K", False): _matvec_q4_k_serial, ("Q4_K", True): _matvec_q4_k_parallel,
+    ("Q6_K", False): _matvec_q6_k_serial, ("Q6_K", True): _matvec_q6_k_parallel,
+    ("Q8_0", False): _matvec_q8_0_serial, ("Q8_0", True): _matvec_q8_0_parallel,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Matvec with float32 activations: dequantize a tile of rows (exact ggml values) into a small
+# buffer that stays in cache, then a BLAS float32 matvec on the tile. W is never materialised.
+# --------------------------------------------------------------------------------------------
+
+F32_TILE_BYTES = 1 << 20  # float32 tile size: 1 MiB stays in a core's L2 cache between the two passes
 
 
 ACTIVATIONS = ("q8", "f32")
@@ -647,8 +652,9 @@ def matvec(q, qtype, x: np.ndarray, *, activations: str = "q8", parallel: bool =
     differently and its AVX Q8_0 activation quantizer rounds ties to even), but each block's
     integer sum is exact.
 
-    ``activations="f32"`` keeps x in float32: each block is dequantized to its exact ggml values
-    and dotted with x (float32, sum order chosen by the compiler). Slower, no activation error.
+    ``activations="f32"`` keeps x in float32: tiles of rows are dequantized to their exact ggml
+    values in a cache-sized buffer and multiplied by x with a float32 BLAS matvec. No
+    activation error, but it writes and re-reads 4 bytes per weight.
 
     parallel: rows across numba's threads (True) or single-threaded (False, the default: one
         4096x4096 product takes about a millisecond, the scale at which waking threads on a
@@ -677,12 +683,14 @@ def matvec(q, qtype, x: np.ndarray, *, activations: str = "q8", parallel: bool =
             bsums = np.zeros(1, dtype=np.int16)
         else:
             xq, xd, bsums = quantize_q8_k(x)
-        kernel = _matvec_q8_parallel if parallel else _matvec_q8_serial
-        kernel(q, tid, xq, xd, bsums, _FP16_TO_F32, y, _N32)
+        _MATVEC_Q8[name, bool(parallel)](q, xq, xd, bsums, _FP16_TO_F32, y, _N32)
     else:
-        bs, ts = block_info(name)
-        if parallel:
-            _matvec_f32_parallel(q, tid, x, _FP16_TO_F32, y, bs, ts, _N32, numba.get_num_threads())
-        else:
-            _matvec_f32_rows(q, tid, x, _FP16_TO_F32, y, bs, ts, _N32, 0, q.shape[0])
+        tile = max(1, F32_TILE_BYTES // (4 * cols))
+        buf = np.empty((min(tile, q.shape[0]), cols), dtype=np.float32)
+        kernel = _dequant_parallel if parallel else _dequant_serial
+        for r0 in range(0, q.shape[0], tile):
+            r1 = min(q.shape[0], r0 + tile)
+            w = buf[: r1 - r0]
+            kernel(q[r0:r1], tid, w, _FP16_TO_F32, _N32)
+            np.dot(w, x, out=y[r0:r1])
     return y
