@@ -12,8 +12,9 @@ bytes, ``row_bytes = cols // block_size * type_size``.
   weights are never expanded to a float32 matrix. By default the activations are quantized
   to 8 bits first, exactly as ggml's CPU backend does (see :func:`matvec` for why).
 
-Rows are processed in parallel with numba ``prange``; pass ``parallel=False`` for the
-single-threaded kernel (what the benchmark compares against single-threaded C numbers).
+``dequantize`` runs rows in parallel with numba ``prange`` by default (``parallel=False`` for one
+thread); ``matvec`` is single-threaded by default (``parallel=True`` to spread rows).
+``benchmarks/bench_kquants.py`` times both against gguf-py and a float32 torch matvec.
 """
 
 from __future__ import annotations
