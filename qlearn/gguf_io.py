@@ -28,6 +28,9 @@ _GGUF_PY_EXACT = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 # Keys the reader synthesises from the file header, not metadata the writer was given.
 _HEADER_KEYS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count")
 
+# ggml's GGML_QNT_VERSION: the block-format revision llama.cpp records for quantized files.
+QUANTIZATION_VERSION = 2
+
 Quantizer = Callable[[np.ndarray, str], np.ndarray]
 
 
@@ -175,7 +178,8 @@ def write_gguf(
           ``(rows, cols)`` that ``quantizer(x, qtype) -> uint8 bytes`` turns into blocks
           (default: :func:`default_quantizer`).
     metadata: GGUF key -> value (``"llama.block_count": 32``...); see :func:`_metadata_value`
-        for the type rules. ``general.architecture`` is set from ``arch``.
+        for the type rules. ``general.architecture`` is set from ``arch``, and
+        ``general.quantization_version`` (2) is added when a tensor is quantized.
     Returns the path written.
     """
     import gguf
@@ -196,6 +200,9 @@ def write_gguf(
                 writer.add_array(key, val)
             else:
                 writer.add_key_value(key, val, vtype)
+        quantized = any(raw is not None for _, raw in payloads.values())
+        if quantized and "general.quantization_version" not in (metadata or {}):
+            writer.add_quantization_version(QUANTIZATION_VERSION)
         for name, (arr, raw_dtype) in payloads.items():
             writer.add_tensor(name, arr, raw_dtype=raw_dtype)
         writer.write_header_to_file()

@@ -82,6 +82,7 @@ def test_metadata_types_in_file(gguf_file):
     assert types["tokenizer.ggml.tokens"] == [T.ARRAY, T.STRING]
     assert types["tokenizer.ggml.add_bos_token"] == [T.BOOL]
     assert types["qlearn.signed"] == [T.INT64]
+    assert reader.fields["general.quantization_version"].contents() == 2
 
 
 def test_read_gguf_round_trip(gguf_file):
