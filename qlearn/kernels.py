@@ -663,9 +663,10 @@ def matvec(q, qtype, x: np.ndarray, *, activations: str = "q8", parallel: bool =
 
     Speed (4096 x 4096, one thread, AVX-512 Zen 4, see ``benchmarks/bench_kquants.py``): Q4_K
     about 2x faster than a float32 ``torch`` matvec on the same matrix, Q8_0 about 1.7x, Q6_K
-    about 0.8x (on a quiet core; it reads 4.5, 8.5 and 6.6 bits per weight instead of 32). ggml's hand-written SIMD is another 2-3x faster: it keeps each sub-block's
-    partial sums in vector lanes (``maddubs`` + ``madd`` with the scales), whereas the code LLVM
-    generates from these loops reduces every 32-element sub-block sum horizontally.
+    about 0.8x, on a quiet core (they read 4.5, 8.5 and 6.6 bits per weight instead of 32).
+    ggml's hand-written SIMD is another 2-4x faster: it keeps each sub-block's partial sums
+    in vector lanes (``maddubs`` + ``madd`` with the scales), whereas the code LLVM generates
+    from these loops reduces every sub-block sum horizontally.
     """
     name, q, cols = _check_q(q, qtype)
     x = _check_x(x, cols)
