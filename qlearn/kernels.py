@@ -490,8 +490,9 @@ def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # vec_dot_<t>_q8_<K|0>. The int16 casts tell LLVM the products fit 16 bits (|4-bit code *
 # int8| <= 15*127, |6-bit code * int8| <= 32*128): numba otherwise computes integers in 64
 # bits, and 16-bit SIMD multiplies (vpmaddwd / vpdpwssd) are 2-5x faster than 64-bit ones.
-# The loop shapes (literal 32 for Q4_K, literal 16 with four accumulators for Q6_K, run-time
-# 32 for Q8_0) are the fastest of the variants tried; LLVM vectorizes each one differently.
+# The loop shapes (literal 32 and one accumulator for Q4_K, literal 16 with four accumulators
+# for Q6_K, run-time 32 for Q8_0) are the fastest of about twenty variants timed; LLVM
+# vectorizes each differently, and horizontal reductions of sub-block sums dominate.
 # --------------------------------------------------------------------------------------------
 
 _i16 = np.int16
@@ -505,23 +506,42 @@ def _mv_row_q4_k(src, xq, xd, bsums, lut, n32):
         o = i * 144
         d = _fp16(src, o, lut)
         dmin = _fp16(src, o + 2, lut)
-        sumi = 0
-        summ = 0
-        for c in range(4):  # 64 elements: low nibbles = sub-block 2c, high nibbles = 2c+1
-            sa = _i32(0)
-            sb = _i32(0)
-            base = o + 16 + 32 * c
-            xo = QK_K * i + 64 * c
-            for l in range(32):
-                b = _i16(src[base + l])
-                sa = _i32(sa + _i16(_i16(b & 15) * _i16(xq[xo + l])))
-                sb = _i32(sb + _i16(_i16(b >> 4) * _i16(xq[xo + 32 + l])))
-            sc0, m0 = _k4_scale_min(src, o + 4, 2 * c)
-            sc1, m1 = _k4_scale_min(src, o + 4, 2 * c + 1)
-            sumi += sc0 * sa + sc1 * sb
-            # min term: m_j * (sum of the 32 activation codes of sub-block j), from the bsums
-            summ += m0 * (bsums[16 * i + 4 * c] + bsums[16 * i + 4 * c + 1])
-            summ += m1 * (bsums[16 * i + 4 * c + 2] + bsums[16 * i + 4 * c + 3])
+        sc0, m0 = _k4_scale_min(src, o + 4, 0)
+        sc1, m1 = _k4_scale_min(src, o + 4, 1)
+        sc2, m2 = _k4_scale_min(src, o + 4, 2)
+        sc3, m3 = _k4_scale_min(src, o + 4, 3)
+        sc4, m4 = _k4_scale_min(src, o + 4, 4)
+        sc5, m5 = _k4_scale_min(src, o + 4, 5)
+        sc6, m6 = _k4_scale_min(src, o + 4, 6)
+        sc7, m7 = _k4_scale_min(src, o + 4, 7)
+        k0, k1, k2, k3 = _i16(sc0), _i16(sc1), _i16(sc2), _i16(sc3)
+        k4, k5, k6, k7 = _i16(sc4), _i16(sc5), _i16(sc6), _i16(sc7)
+        qs = o + 16
+        xo = QK_K * i
+        # Byte qs[32c + l] holds elements 64c + l (low nibble, sub-block 2c) and 64c + 32 + l
+        # (high nibble, sub-block 2c + 1). Each 4-bit code times its 6-bit scale fits int16
+        # (15 * 63), so every term is an int16 x int16 product summed in int32 (vpdpwssd), and
+        # one sum covers all eight sub-blocks: a single horizontal reduction per super-block.
+        sumi = _i32(0)
+        for l in range(32):
+            b0 = _i16(src[qs + l])
+            b1 = _i16(src[qs + 32 + l])
+            b2 = _i16(src[qs + 64 + l])
+            b3 = _i16(src[qs + 96 + l])
+            sumi = _i32(sumi + _i32(_i16(_i16(b0 & 15) * k0)) * _i32(_i16(xq[xo + l])))
+            sumi = _i32(sumi + _i32(_i16(_i16(b0 >> 4) * k1)) * _i32(_i16(xq[xo + 32 + l])))
+            sumi = _i32(sumi + _i32(_i16(_i16(b1 & 15) * k2)) * _i32(_i16(xq[xo + 64 + l])))
+            sumi = _i32(sumi + _i32(_i16(_i16(b1 >> 4) * k3)) * _i32(_i16(xq[xo + 96 + l])))
+            sumi = _i32(sumi + _i32(_i16(_i16(b2 & 15) * k4)) * _i32(_i16(xq[xo + 128 + l])))
+            sumi = _i32(sumi + _i32(_i16(_i16(b2 >> 4) * k5)) * _i32(_i16(xq[xo + 160 + l])))
+            sumi = _i32(sumi + _i32(_i16(_i16(b3 & 15) * k6)) * _i32(_i16(xq[xo + 192 + l])))
+            sumi = _i32(sumi + _i32(_i16(_i16(b3 >> 4) * k7)) * _i32(_i16(xq[xo + 224 + l])))
+        # min term: m_j * (sum of the 32 activation codes of sub-block j) from the 16-sums
+        bo = 16 * i
+        summ = (m0 * (bsums[bo] + bsums[bo + 1]) + m1 * (bsums[bo + 2] + bsums[bo + 3])
+                + m2 * (bsums[bo + 4] + bsums[bo + 5]) + m3 * (bsums[bo + 6] + bsums[bo + 7])
+                + m4 * (bsums[bo + 8] + bsums[bo + 9]) + m5 * (bsums[bo + 10] + bsums[bo + 11])
+                + m6 * (bsums[bo + 12] + bsums[bo + 13]) + m7 * (bsums[bo + 14] + bsums[bo + 15]))
         acc += (xd[i] * d) * _f32(sumi) - (xd[i] * dmin) * _f32(summ)
     return acc
 
