@@ -1,0 +1,718 @@
+"""Numba CPU kernels for GGUF (ggml) block formats: dequantize every type, fused matvec.
+
+The on-disk block layouts are ggml's (see the chapter *GGUF k-quants* and ``qlearn.kquants``).
+A quantized matrix is a ``uint8`` array ``q: (rows, row_bytes)`` holding the exact GGUF tensor
+bytes, ``row_bytes = cols // block_size * type_size``.
+
+- :func:`dequantize` ``(q, qtype) -> (rows, cols) float32`` for Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K
+  Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS. Bit-identical to ggml's ``dequantize_row_<t>``: every
+  float32 operation is done in ggml's C source order, rounded separately (``fastmath=False``,
+  so LLVM may not fuse a multiply and an add into an FMA).
+- :func:`matvec` ``(q, qtype, x) -> (rows,) float32`` for Q4_K, Q6_K and Q8_0, fused: the
+  weights are never expanded to a float32 matrix. By default the activations are quantized
+  to 8 bits first, exactly as ggml's CPU backend does (see :func:`matvec` for why).
+
+``dequantize`` runs rows in parallel with numba ``prange`` by default (``parallel=False`` for one
+thread); ``matvec`` is single-threaded by default (``parallel=True`` to spread rows).
+``benchmarks/bench_kquants.py`` times both against gguf-py and a float32 torch matvec.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+__all__ = [
+    "SUPPORTED",
+    "MATVEC_TYPES",
+    "block_info",
+    "dequantize",
+    "matvec",
+    "quantize_q8_k",
+    "quantize_q8_0",
+]
+
+# --------------------------------------------------------------------------------------------
+# Type table. Block size and bytes per block come from the gguf package (the format's own
+# registry), so nothing here can drift from what GGUF files say.
+# --------------------------------------------------------------------------------------------
+
+SUPPORTED = (
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    "IQ4_NL", "IQ4_XS",
+)
+MATVEC_TYPES = ("Q4_K", "Q6_K", "Q8_0")
+
+# Integer ids the numba driver branches on (index into SUPPORTED).
+_TID = {name: i for i, name in enumerate(SUPPORTED)}
+
+QK_K = 256  # elements in a k-quant super-block
+QK_LEGACY = 32  # elements in a legacy (Q4_0 ... Q8_0, IQ4_NL) block
+
+# fp16 -> fp32 for all 65536 bit patterns (ggml keeps the same table). Exact: every fp16,
+# subnormals, inf and NaN included, is representable in fp32.
+_FP16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+# The 16 non-uniform levels of IQ4_NL / IQ4_XS (ggml's kvalues_iq4nl): denser near 0, where
+# Gaussian-like weights concentrate.
+IQ4_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
+_IQ4_LEVELS_F32 = IQ4_LEVELS.astype(np.float32)
+
+
+def _qtype_name(qtype) -> str:
+    """Accept "Q4_K", "q4_k" or a ``gguf.GGMLQuantizationType``; return the canonical name."""
+    name = getattr(qtype, "name", qtype)
+    if not isinstance(name, str):
+        raise ValueError(f"qtype must be a type name such as 'Q4_K' or a gguf.GGMLQuantizationType, got {qtype!r}")
+    up = name.upper()
+    if up not in _TID:
+        raise ValueError(f"unknown or unsupported qtype {qtype!r}: expected one of {', '.join(SUPPORTED)}")
+    return up
+
+
+def block_info(qtype) -> tuple[int, int]:
+    """Return ``(block_size, type_size)``: elements per block and bytes per block of ``qtype``."""
+    import gguf
+
+    name = _qtype_name(qtype)
+    bs, ts = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]]
+    return int(bs), int(ts)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-row dequantizers. src: (row_bytes,) uint8, dst: (cols,) float32, lut: fp16 table.
+# The arithmetic order of each line is ggml's (dequantize_row_<t> in ggml-quants.c).
+#
+# Speed note: every inner loop runs ``range(n32)`` where ``n32`` is the number 32 passed in at
+# run time (:data:`_N32`). With a literal 32, LLVM fully unrolls the loop first and its
+# straight-line (SLP) vectorizer then gives up, because it cannot prove that the uint8 input and
+# the float32 output do not overlap. With a run-time trip count the loop vectorizer handles it
+# and adds one cheap overlap check per loop: 2-4x faster, same bits. Sub-blocks of 16 elements
+# (Q2_K, Q3_K, Q6_K) are done 32 at a time, picking the scale of each half with a select.
+# --------------------------------------------------------------------------------------------
+
+_f32 = np.float32
+_N32 = 32  # the loop length handed to the kernels at run time (see the speed note above)
+
+
+@njit(cache=True, inline="always")
+def _fp16(src, o, lut):
+    """fp16 (little-endian) at byte offset o of src, as float32."""
+    return lut[np.int64(src[o]) | (np.int64(src[o + 1]) << 8)]
+
+
+@njit(cache=True, inline="always")
+def _u32(src, o):
+    """uint32 (little-endian) at byte offset o of src."""
+    return (np.uint32(src[o]) | (np.uint32(src[o + 1]) << 8)
+            | (np.uint32(src[o + 2]) << 16) | (np.uint32(src[o + 3]) << 24))
+
+
+@njit(cache=True)
+def _row_q4_0(src, dst, lut, n32):
+    for i in range(dst.shape[0] // 32):
+        o = i * 18
+        d = _fp16(src, o, lut)
+        for l in range(n32 // 2):
+            b = np.int32(src[o + 2 + l])
+            dst[32 * i + l] = _f32((b & 15) - 8) * d
+            dst[32 * i + 16 + l] = _f32((b >> 4) - 8) * d
+
+
+@njit(cache=True)
+def _row_q4_1(src, dst, lut, n32):
+    for i in range(dst.shape[0] // 32):
+        o = i * 20
+        d = _fp16(src, o, lut)
+        m = _fp16(src, o + 2, lut)
+        for l in range(n32 // 2):
+            b = np.int32(src[o + 4 + l])
+            dst[32 * i + l] = _f32(b & 15) * d + m
+            dst[32 * i + 16 + l] = _f32(b >> 4) * d + m
+
+
+@njit(cache=True)
+def _row_q5_0(src, dst, lut, n32):
+    for i in range(dst.shape[0] // 32):
+        o = i * 22
+        d = _fp16(src, o, lut)
+        qh = _u32(src, o + 2)
+        for l in range(n32 // 2):
+            b = np.int32(src[o + 6 + l])
+            h0 = np.int32((qh >> l) & 1) << 4
+            h1 = np.int32((qh >> (l + 16)) & 1) << 4
+            dst[32 * i + l] = _f32(((b & 15) | h0) - 16) * d
+            dst[32 * i + 16 + l] = _f32(((b >> 4) | h1) - 16) * d
+
+
+@njit(cache=True)
+def _row_q5_1(src, dst, lut, n32):
+    for i in range(dst.shape[0] // 32):
+        o = i * 24
+        d = _fp16(src, o, lut)
+        m = _fp16(src, o + 2, lut)
+        qh = _u32(src, o + 4)
+        for l in range(n32 // 2):
+            b = np.int32(src[o + 8 + l])
+            h0 = np.int32((qh >> l) & 1) << 4
+            h1 = np.int32((qh >> (l + 16)) & 1) << 4
+            dst[32 * i + l] = _f32((b & 15) | h0) * d + m
+            dst[32 * i + 16 + l] = _f32((b >> 4) | h1) * d + m
+
+
+@njit(cache=True)
+def _row_q8_0(src, dst, lut, n32):
+    for i in range(dst.shape[0] // 32):
+        o = i * 34
+        d = _fp16(src, o, lut)
+        for l in range(n32):
+            dst[32 * i + l] = _f32(np.int8(src[o + 2 + l])) * d
+
+
+@njit(cache=True)
+def _row_iq4_nl(src, dst, lut, n32):
+    levels = _IQ4_LEVELS_F32
+    for i in range(dst.shape[0] // 32):
+        o = i * 18
+        d = _fp16(src, o, lut)
+        for l in range(n32 // 2):
+            b = np.int32(src[o + 2 + l])
+            dst[32 * i + l] = d * levels[b & 15]
+            dst[32 * i + 16 + l] = d * levels[b >> 4]
+
+
+@njit(cache=True)
+def _row_q2_k(src, dst, lut, n32):
+    for i in range(dst.shape[0] // QK_K):
+        o = i * 84
+        d = _fp16(src, o + 80, lut)
+        dmin = _fp16(src, o + 82, lut)
+        for h in range(2):  # two halves of 128 elements, 32 qs bytes each
+            for s in range(4):  # 2-bit plane s of those bytes: 32 elements, two 16-element sub-blocks
+                j = 8 * h + 2 * s
+                sc0 = np.int32(src[o + j])
+                sc1 = np.int32(src[o + j + 1])
+                dl0 = d * _f32(sc0 & 15)
+                ml0 = dmin * _f32(sc0 >> 4)
+                dl1 = d * _f32(sc1 & 15)
+                ml1 = dmin * _f32(sc1 >> 4)
+                base = o + 16 + 32 * h
+                out = QK_K * i + 128 * h + 32 * s
+                for l in range(n32):
+                    qv = _f32((np.int32(src[base + l]) >> (2 * s)) & 3)
+                    dst[out + l] = (dl0 * qv - ml0) if l < 16 else (dl1 * qv - ml1)
+
+
+@njit(cache=True, inline="always")
+def _q3_k_scale(src, so, j):
+    """6-bit scale of sub-block j (0..15) of a Q3_K block whose scales start at byte so."""
+    if j < 8:
+        low = np.int32(src[so + j]) & 15
+    else:
+        low = np.int32(src[so + j - 8]) >> 4
+    high = (np.int32(src[so + 8 + (j % 4)]) >> (2 * (j // 4))) & 3
+    return low | (high << 4)
+
+
+@njit(cache=True)
+def _row_q3_k(src, dst, lut, n32):
+    for i in range(dst.shape[0] // QK_K):
+        o = i * 110
+        d = _fp16(src, o + 108, lut)
+        for h in range(2):
+            for s in range(4):
+                hbit = 4 * h + s  # bit of hmask[l] holding the high bit of these 32 elements
+                j = 8 * h + 2 * s
+                dl0 = d * _f32(_q3_k_scale(src, o + 96, j) - 32)
+                dl1 = d * _f32(_q3_k_scale(src, o + 96, j + 1) - 32)
+                base = o + 32 + 32 * h
+                out = QK_K * i + 128 * h + 32 * s
+                for l in range(n32):
+                    q2 = (np.int32(src[base + l]) >> (2 * s)) & 3
+                    hm = (np.int32(src[o + l]) >> hbit) & 1
+                    qv = _f32(q2 - 4 + 4 * hm)
+                    dst[out + l] = (dl0 if l < 16 else dl1) * qv
+
+
+@njit(cache=True, inline="always")
+def _k4_scale_min(src, so, j):
+    """(6-bit scale, 6-bit min) of sub-block j (0..7), Q4_K/Q5_K packing starting at byte so."""
+    if j < 4:
+        sc = np.int32(src[so + j]) & 63
+        m = np.int32(src[so + j + 4]) & 63
+    else:
+        sc = (np.int32(src[so + j + 4]) & 15) | ((np.int32(src[so + j - 4]) >> 6) << 4)
+        m = (np.int32(src[so + j + 4]) >> 4) | ((np.int32(src[so + j]) >> 6) << 4)
+    return sc, m
+
+
+@njit(cache=True)
+def _row_q4_k(src, dst, lut, n32):
+    for i in range(dst.shape[0] // QK_K):
+        o = i * 144
+        d = _fp16(src, o, lut)
+        dmin = _fp16(src, o + 2, lut)
+        for j in range(8):
+            sc, m = _k4_scale_min(src, o + 4, j)
+            d1 = d * _f32(sc)
+            m1 = dmin * _f32(m)
+            base = o + 16 + 32 * (j // 2)
+            shift = 4 * (j % 2)
+            out = QK_K * i + 32 * j
+            for l in range(n32):
+                dst[out + l] = d1 * _f32((np.int32(src[base + l]) >> shift) & 15) - m1
+
+
+@njit(cache=True)
+def _row_q5_k(src, dst, lut, n32):
+    for i in range(dst.shape[0] // QK_K):
+        o = i * 176
+        d = _fp16(src, o, lut)
+        dmin = _fp16(src, o + 2, lut)
+        for j in range(8):
+            sc, m = _k4_scale_min(src, o + 4, j)
+            d1 = d * _f32(sc)
+            m1 = dmin * _f32(m)
+            base = o + 48 + 32 * (j // 2)
+            shift = 4 * (j % 2)
+            out = QK_K * i + 32 * j
+            for l in range(n32):
+                q = ((np.int32(src[base + l]) >> shift) & 15) | (((np.int32(src[o + 16 + l]) >> j) & 1) << 4)
+                dst[out + l] = d1 * _f32(q) - m1
+
+
+@njit(cache=True)
+def _row_q6_k(src, dst, lut, n32):
+    for i in range(dst.shape[0] // QK_K):
+        o = i * 210
+        d = _fp16(src, o + 208, lut)
+        for h in range(2):
+            for s in range(4):
+                j = 8 * h + 2 * s
+                dl0 = d * _f32(np.int8(src[o + 192 + j]))
+                dl1 = d * _f32(np.int8(src[o + 193 + j]))
+                lo_base = o + 64 * h + 32 * (s % 2)
+                hi_base = o + 128 + 32 * h
+                lo_shift = 4 * (s // 2)
+                out = QK_K * i + 128 * h + 32 * s
+                for l in range(n32):
+                    low4 = (np.int32(src[lo_base + l]) >> lo_shift) & 15
+                    high2 = (np.int32(src[hi_base + l]) >> (2 * s)) & 3
+                    dst[out + l] = (dl0 if l < 16 else dl1) * _f32((low4 | (high2 << 4)) - 32)
+
+
+@njit(cache=True)
+def _row_iq4_xs(src, dst, lut, n32):
+    levels = _IQ4_LEVELS_F32
+    for i in range(dst.shape[0] // QK_K):
+        o = i * 136
+        d = _fp16(src, o, lut)
+        scales_h = np.int32(src[o + 2]) | (np.int32(src[o + 3]) << 8)
+        for ib in range(8):
+            ls = ((np.int32(src[o + 4 + ib // 2]) >> (4 * (ib % 2))) & 15) | (((scales_h >> (2 * ib)) & 3) << 4)
+            dl = d * _f32(ls - 32)
+            base = o + 8 + 16 * ib
+            out = QK_K * i + 32 * ib
+            for l in range(n32 // 2):
+                b = np.int32(src[base + l])
+                dst[out + l] = dl * levels[b & 15]
+                dst[out + 16 + l] = dl * levels[b >> 4]
+
+
+@njit(cache=True)
+def _dequant_row(tid, src, dst, lut, n32):
+    if tid == 0:
+        _row_q4_0(src, dst, lut, n32)
+    elif tid == 1:
+        _row_q4_1(src, dst, lut, n32)
+    elif tid == 2:
+        _row_q5_0(src, dst, lut, n32)
+    elif tid == 3:
+        _row_q5_1(src, dst, lut, n32)
+    elif tid == 4:
+        _row_q8_0(src, dst, lut, n32)
+    elif tid == 5:
+        _row_q2_k(src, dst, lut, n32)
+    elif tid == 6:
+        _row_q3_k(src, dst, lut, n32)
+    elif tid == 7:
+        _row_q4_k(src, dst, lut, n32)
+    elif tid == 8:
+        _row_q5_k(src, dst, lut, n32)
+    elif tid == 9:
+        _row_q6_k(src, dst, lut, n32)
+    elif tid == 10:
+        _row_iq4_nl(src, dst, lut, n32)
+    else:
+        _row_iq4_xs(src, dst, lut, n32)
+
+
+@njit(cache=True, parallel=True)
+def _dequant_parallel(q, tid, out, lut, n32):
+    for r in prange(q.shape[0]):
+        _dequant_row(tid, q[r], out[r], lut, n32)
+
+
+@njit(cache=True)
+def _dequant_serial(q, tid, out, lut, n32):
+    for r in range(q.shape[0]):
+        _dequant_row(tid, q[r], out[r], lut, n32)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+def _check_q(q, qtype) -> tuple[str, np.ndarray, int]:
+    """Validate the quantized bytes; return (name, q as C-contiguous 2-D uint8, cols)."""
+    name = _qtype_name(qtype)
+    bs, ts = block_info(name)
+    if isinstance(q, (bytes, bytearray, memoryview)):
+        q = np.frombuffer(q, dtype=np.uint8)
+    if not isinstance(q, np.ndarray):
+        raise ValueError(f"q must be a numpy uint8 array of {name} block bytes, got {type(q).__name__}")
+    if q.dtype != np.uint8:
+        raise ValueError(
+            f"q must hold the raw {name} block bytes as uint8, got dtype {q.dtype} "
+            "(view the buffer with .view(np.uint8) if it is the right bytes)"
+        )
+    if q.ndim == 1:
+        q = q.reshape(1, -1)
+    if q.ndim != 2:
+        raise ValueError(f"q must be (rows, row_bytes) uint8, got shape {q.shape}")
+    row_bytes = q.shape[1]
+    if row_bytes == 0 or row_bytes % ts != 0:
+        raise ValueError(
+            f"{name} rows must be a positive multiple of {ts} bytes (one {bs}-element block), "
+            f"got {row_bytes} bytes per row (were these bytes produced for another type?)"
+        )
+    return name, np.ascontiguousarray(q), row_bytes // ts * bs
+
+
+def dequantize(q, qtype, *, parallel: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+    """Dequantize GGUF block bytes to float32, bit-identical to ggml's ``dequantize_row_<t>``.
+
+    q: (rows, row_bytes) uint8, the block bytes of one tensor (a 1-D array is one row).
+    qtype: a name in :data:`SUPPORTED` or a ``gguf.GGMLQuantizationType``.
+    parallel: True runs rows in parallel over numba's threads; False is single-threaded.
+    out: optional (rows, cols) float32 C-contiguous array to write into (saves the allocation
+        and its page faults when called in a loop).
+    Returns (rows, cols) float32, cols = row_bytes // type_size * block_size.
+    """
+    name, q, cols = _check_q(q, qtype)
+    shape = (q.shape[0], cols)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == shape
+              and out.flags.c_contiguous):
+        raise ValueError(
+            f"out must be a C-contiguous float32 array of shape {shape}, got "
+            f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
+        )
+    kernel = _dequant_parallel if parallel else _dequant_serial
+    kernel(q, _TID[name], out, _FP16_TO_F32, _N32)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Activation quantizers of ggml's CPU matvec (the "vec_dot_type" of each weight type)
+# --------------------------------------------------------------------------------------------
+
+Q8_MAX = 127  # largest int8 code used: symmetric [-127, 127], so -x quantizes to -q
+
+
+def _check_x(x, cols: int, what: str = "x") -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{what} must be a numpy float32 array of shape ({cols},), got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise ValueError(f"{what} must be float32, got {x.dtype} (convert with x.astype(np.float32))")
+    if x.ndim != 1 or x.shape[0] != cols:
+        raise ValueError(
+            f"{what} must have shape ({cols},) to match the matrix's {cols} columns, got {x.shape}"
+        )
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what} contains NaN or Inf ({int((~np.isfinite(x)).sum())} entries); clean the input first")
+    return np.ascontiguousarray(x)
+
+
+def quantize_q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantize activations to ggml's Q8_K (``quantize_row_q8_K_ref``): 256-element blocks.
+
+    x: (n,) float32, n a multiple of 256.
+    Returns ``qs: (n,) int8``, ``d: (n // 256,) float32`` (kept in float32, not fp16) and
+    ``bsums: (n // 16,) int16`` (sum of each 16 codes, so a k-quant's min term costs one
+    multiply per sub-block). Per block, with ``m`` the first entry of largest magnitude:
+    ``iscale = -127 / m``, ``q = min(127, round_half_even(iscale * x))``, ``d = 1 / iscale``.
+    (The minus sign is ggml's: it maps the extreme to -127 so no code is -128.)
+    """
+    if x.ndim != 1 or x.shape[0] % QK_K:
+        raise ValueError(f"Q8_K needs a 1-D float32 vector whose length is a multiple of {QK_K}, got shape {x.shape}")
+    xb = x.reshape(-1, QK_K)
+    ax = np.abs(xb)
+    first = np.argmax(ax, axis=1)  # strict '>' in ggml: the first largest |x| wins
+    mx = xb[np.arange(xb.shape[0]), first]
+    nz = mx != 0
+    iscale = np.zeros(xb.shape[0], dtype=np.float32)
+    iscale[nz] = np.float32(-Q8_MAX) / mx[nz]
+    v = np.rint(iscale[:, None] * xb)  # float32 product, ties to even (ggml's nearest_int)
+    qs = np.minimum(v, Q8_MAX).astype(np.int8)
+    d = np.zeros(xb.shape[0], dtype=np.float32)
+    d[nz] = np.float32(1) / iscale[nz]
+    bsums = qs.reshape(-1, 16).astype(np.int16).sum(axis=1, dtype=np.int16)
+    return qs.reshape(-1), d, bsums
+
+
+def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantize activations to ggml's Q8_0 (``quantize_row_q8_0_ref``): 32-element blocks.
+
+    x: (n,) float32, n a multiple of 32.
+    Returns ``qs: (n,) int8`` and ``d: (n // 32,) float32`` holding the fp16-rounded scale
+    (the value the dot product reads back). ``d = max|x| / 127``, ``q = roundf(x * (1/d))``
+    with ties away from zero. Identical to ``gguf.quants.quantize(x, Q8_0)``.
+    """
+    if x.ndim != 1 or x.shape[0] % QK_LEGACY:
+        raise ValueError(f"Q8_0 needs a 1-D float32 vector whose length is a multiple of {QK_LEGACY}, got shape {x.shape}")
+    xb = x.reshape(-1, QK_LEGACY)
+    d = np.abs(xb).max(axis=1) / np.float32(Q8_MAX)
+    with np.errstate(divide="ignore"):
+        idv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    v = (xb * idv[:, None]).astype(np.float64)  # float32 product, then exact float64 rounding
+    qs = np.trunc(v + np.copysign(0.5, v)).astype(np.int8)  # roundf: ties away from zero
+    d16 = d.astype(np.float16).astype(np.float32)
+    return qs.reshape(-1), d16
+
+
+# --------------------------------------------------------------------------------------------
+# Fused matvec kernels, q8 activations. Integer dot products per sub-block, as ggml's
+# vec_dot_<t>_q8_<K|0>. The int16 casts tell LLVM the products fit 16 bits (|4-bit code *
+# int8| <= 15*127, |6-bit code * int8| <= 32*128): numba otherwise computes integers in 64
+# bits, and 16-bit SIMD multiplies (vpmaddwd / vpdpwssd) are 2-5x faster than 64-bit ones.
+# The loop shapes (literal 32 and one accumulator for Q4_K, literal 16 with four accumulators
+# for Q6_K, run-time 32 for Q8_0) are the fastest of about twenty variants timed; LLVM
+# vectorizes each differently, and horizontal reductions of sub-block sums dominate.
+# --------------------------------------------------------------------------------------------
+
+_i16 = np.int16
+_i32 = np.int32
+
+
+@njit(cache=True)
+def _mv_row_q4_k(src, xq, xd, bsums, lut, n32):
+    acc = _f32(0)
+    for i in range(xq.shape[0] // QK_K):
+        o = i * 144
+        d = _fp16(src, o, lut)
+        dmin = _fp16(src, o + 2, lut)
+        sc0, m0 = _k4_scale_min(src, o + 4, 0)
+        sc1, m1 = _k4_scale_min(src, o + 4, 1)
+        sc2, m2 = _k4_scale_min(src, o + 4, 2)
+        sc3, m3 = _k4_scale_min(src, o + 4, 3)
+        sc4, m4 = _k4_scale_min(src, o + 4, 4)
+        sc5, m5 = _k4_scale_min(src, o + 4, 5)
+        sc6, m6 = _k4_scale_min(src, o + 4, 6)
+        sc7, m7 = _k4_scale_min(src, o + 4, 7)
+        k0, k1, k2, k3 = _i16(sc0), _i16(sc1), _i16(sc2), _i16(sc3)
+        k4, k5, k6, k7 = _i16(sc4), _i16(sc5), _i16(sc6), _i16(sc7)
+        qs = o + 16
+        xo = QK_K * i
+        # Byte qs[32c + l] holds elements 64c + l (low nibble, sub-block 2c) and 64c + 32 + l
+        # (high nibble, sub-block 2c + 1). Each 4-bit code times its 6-bit scale fits int16
+        # (15 * 63), so every term is an int16 x int16 product summed in int32 (vpdpwssd), and
+        # one sum covers all eight sub-blocks: a single horizontal reduction per super-block.
+        sumi = _i32(0)
+        for l in range(32):
+            b0 = _i16(src[qs + l])
+            b1 = _i16(src[qs + 32 + l])
+            b2 = _i16(src[qs + 64 + l])
+            b3 = _i16(src[qs + 96 + l])
+            sumi = _i32(sumi + _i32(_i16(_i16(b0 & 15) * k0)) * _i32(_i16(xq[xo + l])))
+            sumi = _i32(sumi + _i32(_i16(_i16(b0 >> 4) * k1)) * _i32(_i16(xq[xo + 32 + l])))
+            sumi = _i32(sumi + _i32(_i16(_i16(b1 & 15) * k2)) * _i32(_i16(xq[xo + 64 + l])))
+            sumi = _i32(sumi + _i32(_i16(_i16(b1 >> 4) * k3)) * _i32(_i16(xq[xo + 96 + l])))
+            sumi = _i32(sumi + _i32(_i16(_i16(b2 & 15) * k4)) * _i32(_i16(xq[xo + 128 + l])))
+            sumi = _i32(sumi + _i32(_i16(_i16(b2 >> 4) * k5)) * _i32(_i16(xq[xo + 160 + l])))
+            sumi = _i32(sumi + _i32(_i16(_i16(b3 & 15) * k6)) * _i32(_i16(xq[xo + 192 + l])))
+            sumi = _i32(sumi + _i32(_i16(_i16(b3 >> 4) * k7)) * _i32(_i16(xq[xo + 224 + l])))
+        # min term: m_j * (sum of the 32 activation codes of sub-block j) from the 16-sums
+        bo = 16 * i
+        summ = (m0 * (bsums[bo] + bsums[bo + 1]) + m1 * (bsums[bo + 2] + bsums[bo + 3])
+                + m2 * (bsums[bo + 4] + bsums[bo + 5]) + m3 * (bsums[bo + 6] + bsums[bo + 7])
+                + m4 * (bsums[bo + 8] + bsums[bo + 9]) + m5 * (bsums[bo + 10] + bsums[bo + 11])
+                + m6 * (bsums[bo + 12] + bsums[bo + 13]) + m7 * (bsums[bo + 14] + bsums[bo + 15]))
+        acc += (xd[i] * d) * _f32(sumi) - (xd[i] * dmin) * _f32(summ)
+    return acc
+
+
+@njit(cache=True)
+def _mv_row_q6_k(src, xq, xd, bsums, lut, n32):
+    acc = _f32(0)
+    for i in range(xq.shape[0] // QK_K):
+        o = i * 210
+        d = _fp16(src, o + 208, lut)
+        sumi = 0
+        for h in range(2):  # 128 elements: ql[64h:64h+64], qh[32h:32h+32]
+            for half in range(2):  # 16-element sub-blocks: elements 128h + 32s + 16half + l
+                lb = o + 64 * h + 16 * half
+                hb = o + 128 + 32 * h + 16 * half
+                xo = QK_K * i + 128 * h + 16 * half
+                s0 = _i32(0)
+                s1 = _i32(0)
+                s2 = _i32(0)
+                s3 = _i32(0)
+                for l in range(16):
+                    a = _i16(src[lb + l])  # low nibbles of planes s=0 (lo) and s=2 (hi)
+                    b = _i16(src[lb + 32 + l])  # planes s=1 (lo) and s=3 (hi)
+                    c = _i16(src[hb + l])  # the 2 high bits of all four planes
+                    w0 = _i16(_i16((a & 15) | ((c & 3) << 4)) - 32)
+                    w1 = _i16(_i16((b & 15) | (((c >> 2) & 3) << 4)) - 32)
+                    w2 = _i16(_i16((a >> 4) | (((c >> 4) & 3) << 4)) - 32)
+                    w3 = _i16(_i16((b >> 4) | (((c >> 6) & 3) << 4)) - 32)
+                    s0 = _i32(s0 + _i16(w0 * _i16(xq[xo + l])))
+                    s1 = _i32(s1 + _i16(w1 * _i16(xq[xo + 32 + l])))
+                    s2 = _i32(s2 + _i16(w2 * _i16(xq[xo + 64 + l])))
+                    s3 = _i32(s3 + _i16(w3 * _i16(xq[xo + 96 + l])))
+                sc = o + 192 + 8 * h + half  # int8 scale of sub-block 8h + 2s + half
+                sumi += (np.int64(np.int8(src[sc])) * s0 + np.int64(np.int8(src[sc + 2])) * s1
+                         + np.int64(np.int8(src[sc + 4])) * s2 + np.int64(np.int8(src[sc + 6])) * s3)
+        acc += (d * xd[i]) * _f32(sumi)
+    return acc
+
+
+@njit(cache=True)
+def _mv_row_q8_0(src, xq, xd, bsums, lut, n32):
+    acc = _f32(0)
+    for i in range(xq.shape[0] // QK_LEGACY):
+        o = i * 34
+        sumi = _i32(0)
+        for l in range(n32):  # run-time trip count: vectorizes here, a literal 32 does not
+            sumi = _i32(sumi + _i16(_i16(np.int8(src[o + 2 + l])) * _i16(xq[32 * i + l])))
+        acc += _f32(sumi) * (_fp16(src, o, lut) * xd[i])
+    return acc
+
+
+# One driver per type and threading mode: each compiles only when first used, and LLVM
+# optimizes each row kernel in its own loop (dispatching on the type inside one shared
+# driver made the Q6_K kernel 2x slower).
+
+
+@njit(cache=True)
+def _matvec_q4_k_serial(q, xq, xd, bsums, lut, y, n32):
+    for r in range(q.shape[0]):
+        y[r] = _mv_row_q4_k(q[r], xq, xd, bsums, lut, n32)
+
+
+@njit(cache=True, parallel=True)
+def _matvec_q4_k_parallel(q, xq, xd, bsums, lut, y, n32):
+    for r in prange(q.shape[0]):
+        y[r] = _mv_row_q4_k(q[r], xq, xd, bsums, lut, n32)
+
+
+@njit(cache=True)
+def _matvec_q6_k_serial(q, xq, xd, bsums, lut, y, n32):
+    for r in range(q.shape[0]):
+        y[r] = _mv_row_q6_k(q[r], xq, xd, bsums, lut, n32)
+
+
+@njit(cache=True, parallel=True)
+def _matvec_q6_k_parallel(q, xq, xd, bsums, lut, y, n32):
+    for r in prange(q.shape[0]):
+        y[r] = _mv_row_q6_k(q[r], xq, xd, bsums, lut, n32)
+
+
+@njit(cache=True)
+def _matvec_q8_0_serial(q, xq, xd, bsums, lut, y, n32):
+    for r in range(q.shape[0]):
+        y[r] = _mv_row_q8_0(q[r], xq, xd, bsums, lut, n32)
+
+
+@njit(cache=True, parallel=True)
+def _matvec_q8_0_parallel(q, xq, xd, bsums, lut, y, n32):
+    for r in prange(q.shape[0]):
+        y[r] = _mv_row_q8_0(q[r], xq, xd, bsums, lut, n32)
+
+
+_MATVEC_Q8 = {
+    ("Q4_K", False): _matvec_q4_k_serial, ("Q4_K", True): _matvec_q4_k_parallel,
+    ("Q6_K", False): _matvec_q6_k_serial, ("Q6_K", True): _matvec_q6_k_parallel,
+    ("Q8_0", False): _matvec_q8_0_serial, ("Q8_0", True): _matvec_q8_0_parallel,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Matvec with float32 activations: dequantize a tile of rows (exact ggml values) into a small
+# buffer that stays in cache, then a BLAS float32 matvec on the tile. W is never materialised.
+# --------------------------------------------------------------------------------------------
+
+F32_TILE_BYTES = 1 << 20  # float32 tile size: 1 MiB stays in a core's L2 cache between the two passes
+
+
+ACTIVATIONS = ("q8", "f32")
+
+
+def matvec(q, qtype, x: np.ndarray, *, activations: str = "q8", parallel: bool = False) -> np.ndarray:
+    """Fused dequantize-and-multiply ``y = W @ x`` without materialising W in float32.
+
+    q: (rows, row_bytes) uint8, the GGUF bytes of W: (rows, cols).
+    qtype: "Q4_K", "Q6_K" or "Q8_0" (with ``activations="f32"`` every type in SUPPORTED).
+    x: (cols,) float32, finite.
+    Returns y: (rows,) float32.
+
+    Activations. ``activations="q8"`` (default) is what llama.cpp's CPU backend does: x is first
+    quantized to 8 bits (Q8_K blocks of 256 for Q4_K and Q6_K, Q8_0 blocks of 32 for Q8_0; see
+    :func:`quantize_q8_k`, :func:`quantize_q8_0`), then every sub-block's dot product is an
+    integer sum of (weight code) x (activation code), scaled once per (sub-)block. Integer
+    multiply-adds are narrower and cheaper than float ones (16-bit lanes), the activation
+    quantization costs microseconds for a 4096-vector, and the min term of Q4_K becomes
+    ``m_j * sum(activation codes)``, precomputed once per vector (``bsums``). The price is a
+    second rounding: each activation moves by at most half its block's step (max|x| / 254), so
+    ``|y_q8 - W @ x| <= sum_i |W_i| * step_i / 2`` plus float32 rounding. The result is not
+    bit-identical to a particular llama.cpp build (ggml's SIMD kernels order the float32 sums
+    differently and its AVX Q8_0 activation quantizer rounds ties to even), but each block's
+    integer sum is exact.
+
+    ``activations="f32"`` keeps x in float32: tiles of rows are dequantized to their exact ggml
+    values in a cache-sized buffer and multiplied by x with a float32 BLAS matvec. No
+    activation error, but it writes and re-reads 4 bytes per weight.
+
+    parallel: rows across numba's threads (True) or single-threaded (False, the default: one
+        4096x4096 product takes about a millisecond, the scale at which waking threads on a
+        shared machine can cost more than it saves).
+
+    Speed (4096 x 4096, one thread, AVX-512 Zen 4, see ``benchmarks/bench_kquants.py``): Q4_K
+    about 2x faster than a float32 ``torch`` matvec on the same matrix, Q8_0 about 1.7x, Q6_K
+    about 0.8x, on a quiet core (they read 4.5, 8.5 and 6.6 bits per weight instead of 32).
+    ggml's hand-written SIMD is another 2-4x faster: it keeps each sub-block's partial sums
+    in vector lanes (``maddubs`` + ``madd`` with the scales), whereas the code LLVM generates
+    from these loops reduces every sub-block sum horizontally.
+    """
+    name, q, cols = _check_q(q, qtype)
+    x = _check_x(x, cols)
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
+    y = np.empty(q.shape[0], dtype=np.float32)
+    tid = _TID[name]
+    if activations == "q8":
+        if name not in MATVEC_TYPES:
+            raise ValueError(
+                f"the q8-activation matvec supports {', '.join(MATVEC_TYPES)}, got {name} "
+                "(use activations='f32', or dequantize() and a float matmul)"
+            )
+        if name == "Q8_0":
+            xq, xd = quantize_q8_0(x)
+            bsums = np.zeros(1, dtype=np.int16)
+        else:
+            xq, xd, bsums = quantize_q8_k(x)
+        _MATVEC_Q8[name, bool(parallel)](q, xq, xd, bsums, _FP16_TO_F32, y, _N32)
+    else:
+        tile = max(1, F32_TILE_BYTES // (4 * cols))
+        buf = np.empty((min(tile, q.shape[0]), cols), dtype=np.float32)
+        kernel = _dequant_parallel if parallel else _dequant_serial
+        for r0 in range(0, q.shape[0], tile):
+            r1 = min(q.shape[0], r0 + tile)
+            w = buf[: r1 - r0]
+            kernel(q[r0:r1], tid, w, _FP16_TO_F32, _N32)
+            np.dot(w, x, out=y[r0:r1])
+    return y
