@@ -354,8 +354,8 @@ def _nested_quantize_ref(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pad[:m] = a
     blocks = pad.reshape(nb, NESTED_BLOCKSIZE)
     nabs = np.abs(blocks).max(axis=1).astype(np.float32)
-    with np.errstate(divide="ignore"):
-        recip = np.float32(1) / nabs
+    safe = np.where(nabs == 0, np.float32(1), nabs)   # all-zero blocks are overwritten below
+    recip = np.float32(1) / safe
     s = np.clip(blocks * recip[:, None], -1, 1)
     idx = (((s + np.float32(1)) * np.float32(0.5)) * np.float32(LUT_BINS - 1)
            + np.float32(0.5)).astype(np.uint16)
