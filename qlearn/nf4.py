@@ -40,7 +40,7 @@ import torch
 __all__ = [
     "NF4_CODE", "FP4_CODE", "INT4_CODE", "BLOCKSIZES", "QUANT_TYPES", "NESTED_BLOCKSIZE",
     "nf4_code_from_quantiles", "dynamic_code", "QuantState", "quantize_4bit", "dequantize_4bit",
-    "fake_quantize_4bit", "bits_per_weight",
+    "fake_quantize_4bit", "bits_per_weight", "Linear4bit",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -470,6 +470,13 @@ def _dequantize_nb(packed, absmax, blocksize, n, deq, out):
                 out[2 * k + 1] = deq[byte & 15] * a      # low nibble: odd element
 
 
+#: Below this many elements a parallel launch costs more than it saves (and on a busy machine
+#: much more): small tensors, e.g. a LoRA base layer dequantized every forward, run serially.
+_PARALLEL_MIN = 1 << 18
+_quantize_serial = numba.njit(cache=True)(_quantize_nb.py_func)
+_dequantize_serial = numba.njit(cache=True)(_dequantize_nb.py_func)
+
+
 # ---------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------
@@ -517,7 +524,8 @@ def quantize_4bit(x, blocksize: int = 64, quant_type: str = "nf4",
         _, _, mid, order = _tables(quant_type)
         packed = np.empty(flat.size // 2, np.uint8)
         absmax = np.empty(-(-flat.size // blocksize), np.float32)
-        _quantize_nb(flat, blocksize, mid, order, packed, absmax)
+        kernel = _quantize_nb if flat.size >= _PARALLEL_MIN else _quantize_serial
+        kernel(flat, blocksize, mid, order, packed, absmax)
     if compress_statistics:
         codes, nabs, offset = _double_quantize(absmax, backend)
         state = QuantState(codes, nabs, offset, blocksize, quant_type, shape, dtype)
@@ -566,7 +574,8 @@ def dequantize_4bit(packed, state: QuantState, *, backend: str = "numba"):
         else:
             absmax = np.ascontiguousarray(state.absmax, dtype=np.float32)
         y = np.empty(n, np.float32)
-        _dequantize_nb(np.ascontiguousarray(p), absmax, state.blocksize, n, deq, y)
+        kernel = _dequantize_nb if n >= _PARALLEL_MIN else _dequantize_serial
+        kernel(np.ascontiguousarray(p), absmax, state.blocksize, n, deq, y)
     y = y.reshape(state.shape)
     return torch.from_numpy(y) if is_torch else y
 
@@ -603,3 +612,54 @@ def bits_per_weight(blocksize: int = 64, compress_statistics: bool = False,
     if not compress_statistics:
         return 4 + 32 / blocksize
     return 4 + 8 / blocksize + 32 / (blocksize * nested_blocksize)
+
+
+# ---------------------------------------------------------------------------------------------
+# nn.Module
+# ---------------------------------------------------------------------------------------------
+
+class Linear4bit(torch.nn.Module):
+    """A frozen linear layer whose weight is stored in NF4/FP4 and dequantized on every forward.
+
+    Holds ``packed`` ((out*in/2,) uint8 buffer), the :class:`QuantState` and an optional float32
+    bias. ``forward(x)``: x (..., in_features) float32 -> (..., out_features) float32. The weight
+    gets no gradient; inputs do, so LoRA adapters on top (``qlearn.lora``) can be trained.
+    Swapping it into a model is the adapters' job (``qlearn.adapters.replace_linears``).
+    """
+
+    def __init__(self, packed: torch.Tensor, state: QuantState, bias: torch.Tensor | None = None):
+        super().__init__()
+        out_features, in_features = state.shape
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.register_buffer("packed", packed)
+        self.state = state
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(),
+                                                                 requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, blocksize: int = 64, quant_type: str = "nf4",
+                    compress_statistics: bool = False) -> "Linear4bit":
+        """Quantize ``linear.weight`` (out_features, in_features) float32."""
+        packed, state = quantize_4bit(linear.weight.detach().float(), blocksize, quant_type,
+                                      compress_statistics)
+        return cls(packed, state, linear.bias)
+
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight, (out_features, in_features) float32."""
+        return dequantize_4bit(self.packed, self.state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight(), self.bias)
+
+    def storage_bytes(self) -> int:
+        """Bytes of the quantized weight: packed nibbles + block statistics (+ bias)."""
+        s = self.state
+        n = self.packed.numel() + s.absmax.nbytes
+        if s.nested:
+            n += s.nested_absmax.nbytes + 4  # + the float32 offset
+        return n + (0 if self.bias is None else self.bias.numel() * 4)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"quant_type={self.state.quant_type}, blocksize={self.state.blocksize}, "
+                f"double_quant={self.state.nested}")

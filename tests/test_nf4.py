@@ -310,3 +310,45 @@ def test_dequantize_rejects_mismatched_inputs():
         nf4.dequantize_4bit(packed.astype(np.int32), state)
     with pytest.raises(ValueError, match="QuantState"):
         nf4.dequantize_4bit(packed, {"absmax": state.absmax})
+
+
+# --- Linear4bit, LoRA, QLoRA wiring -------------------------------------------------------------
+
+def test_linear4bit_and_lora_forward_and_gradients():
+    from qlearn.lora import LoRALinear, freeze_all_but_lora
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 64)
+    q = nf4.Linear4bit.from_linear(lin, blocksize=64, quant_type="nf4", compress_statistics=True)
+    x = torch.randn(5, 128)
+    w_hat = torch.from_numpy(nf4.fake_quantize_4bit(lin.weight.detach().numpy(), 64, "nf4", True))
+    assert torch.equal(q(x), torch.nn.functional.linear(x, w_hat, lin.bias))
+    assert q.storage_bytes() < lin.weight.numel() * 4 / 6
+    lora = LoRALinear(q, r=4, alpha=8)
+    model = torch.nn.Sequential(lora)
+    assert freeze_all_but_lora(model) == 4 * (128 + 64)
+    assert torch.equal(model(x), q(x))              # B = 0 at init: exactly the base
+    model(x).square().sum().backward()
+    assert lora.lora_B.grad is not None and lora.lora_B.grad.abs().sum() > 0
+    assert q.bias.grad is None and not q.bias.requires_grad
+    with pytest.raises(ValueError, match="r must"):
+        LoRALinear(q, r=0)
+
+
+def test_qlora_memory_report_counts_every_byte():
+    from qlearn import qlora
+
+    torch.manual_seed(0)
+    model = qlora.FallbackTinyLM(dim=64, layers=1, heads=2, ffn=128, ctx=32)
+    fp32_linears = sum(m.weight.numel() * 4 for n, m in model.named_modules()
+                       if isinstance(m, torch.nn.Linear) and n.startswith("layers."))
+    qlora.quantize_base(model, "nf4", 64, compress_statistics=True)
+    n_train = qlora.add_lora(model, r=4)
+    tokens = torch.randint(0, 256, (2000,))
+    losses, opt = qlora.train(model, tokens, [p for p in model.parameters() if p.requires_grad],
+                              steps=3, batch=2, seq=16, progress=False)
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    rep = qlora.memory_report(model, opt)
+    assert rep.base_fp32_equiv == fp32_linears
+    assert rep.adapters == 4 * n_train and rep.optimizer == 2 * rep.adapters
+    assert rep.base_4bit < rep.base_fp32_equiv / 6

@@ -1,0 +1,298 @@
+"""QLoRA on a CPU: freeze a language model in 4 bits, train LoRA adapters on top.
+
+The pieces: :mod:`qlearn.nf4` (storage and ``Linear4bit``), :mod:`qlearn.lora` (adapters) and
+``qlearn.adapters.replace_linears`` (the only code that knows where a model's linears are).
+This module wires them into an experiment: quantize the base, add adapters, train with AdamW,
+and account for memory.
+
+Base model: ``base_model()`` returns ``qlearn.models.load("tiny")`` when that module is
+available. Until it is, it builds and briefly pretrains ``FallbackTinyLM``, a byte-level decoder
+with Llama layer names, on Python's own documentation text (``pydoc_data.topics``, present in
+every CPython). Switching is that one function.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from qlearn import nf4
+from qlearn.lora import LoRALinear, freeze_all_but_lora, lora_parameters
+
+__all__ = ["base_model", "FallbackTinyLM", "corpus", "encode", "replace_linears", "quantize_base",
+           "add_lora", "train", "evaluate", "MemoryReport", "memory_report"]
+
+# ---------------------------------------------------------------------------------------------
+# Model and data (temporary stand-ins until qlearn.models / qlearn.adapters land)
+# ---------------------------------------------------------------------------------------------
+
+
+def replace_linears(model: nn.Module, make, names=None) -> nn.Module:
+    """``qlearn.adapters.replace_linears`` when available, else a minimal local equivalent.
+
+    make(name, linear) -> nn.Module is called for each nn.Linear (restricted to ``names`` when
+    given) and the result replaces it in place.
+    """
+    try:
+        from qlearn.adapters import replace_linears as upstream
+    except ImportError:
+        upstream = None
+    if upstream is not None:
+        return upstream(model, make, names)
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)
+               and (names is None or n in names)]
+    for name, lin in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, make(name, lin))
+    return model
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, heads: int, ffn: int):
+        super().__init__()
+        self.heads = heads
+        self.input_layernorm = nn.RMSNorm(dim, eps=1e-5)
+        self.self_attn = nn.Module()
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self.self_attn, p, nn.Linear(dim, dim, bias=False))
+        self.post_attention_layernorm = nn.RMSNorm(dim, eps=1e-5)
+        self.mlp = nn.Module()
+        self.mlp.gate_proj = nn.Linear(dim, ffn, bias=False)
+        self.mlp.up_proj = nn.Linear(dim, ffn, bias=False)
+        self.mlp.down_proj = nn.Linear(ffn, dim, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, t, d = h.shape                                                  # (B, T, D)
+        a = self.self_attn
+        x = self.input_layernorm(h)
+        q, k, v = (p(x).view(b, t, self.heads, -1).transpose(1, 2)        # (B, H, T, D/H)
+                   for p in (a.q_proj, a.k_proj, a.v_proj))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        h = h + a.o_proj(y.transpose(1, 2).reshape(b, t, d))
+        x = self.post_attention_layernorm(h)
+        m = self.mlp
+        return h + m.down_proj(nn.functional.silu(m.gate_proj(x)) * m.up_proj(x))
+
+
+class FallbackTinyLM(nn.Module):
+    """Byte-level decoder with Llama names (embed_tokens, layers[i].self_attn.q_proj, ...,
+    norm, lm_head) and learned positions. tokens (B, T) int64 -> logits (B, T, 256)."""
+
+    def __init__(self, dim: int = 128, layers: int = 2, heads: int = 4, ffn: int = 256,
+                 ctx: int = 128):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(256, dim)
+        self.pos = nn.Embedding(ctx, dim)
+        self.layers = nn.ModuleList(_Block(dim, heads, ffn) for _ in range(layers))
+        self.norm = nn.RMSNorm(dim, eps=1e-5)
+        self.lm_head = nn.Linear(dim, 256, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed_tokens(tokens) + self.pos(torch.arange(tokens.shape[1]))
+        for layer in self.layers:
+            h = layer(h)
+        return self.lm_head(self.norm(h))
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids (vocabulary 256)."""
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+
+def corpus() -> tuple[str, str]:
+    """(pretraining text, fine-tuning text): two disjoint halves of CPython's pydoc topics."""
+    from pydoc_data.topics import topics
+
+    keys = sorted(topics)
+    half = len(keys) // 2
+    return ("\n".join(topics[k] for k in keys[:half]), "\n".join(topics[k] for k in keys[half:]))
+
+
+def encode(tokenizer, text: str) -> torch.Tensor:
+    """Token ids (n,) int64 for either a ``tokenizers.Tokenizer`` or ByteTokenizer."""
+    ids = tokenizer.encode(text)
+    ids = getattr(ids, "ids", ids)
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+#: Steps and learning rate of the fallback model's pretraining: enough for a clearly-better-than-
+#: uniform byte model (loss well under ln 256 = 5.55) in about ten seconds on one core.
+FALLBACK_PRETRAIN_STEPS = 150
+FALLBACK_PRETRAIN_LR = 3e-3
+
+
+def base_model(progress: bool = True):
+    """(model, tokenizer): the project's tiny LM, or the pretrained fallback until it exists."""
+    try:
+        from qlearn import models
+    except ImportError:
+        models = None
+    if models is not None and hasattr(models, "load"):
+        return models.load("tiny")
+    torch.manual_seed(0)
+    model, tok = FallbackTinyLM(), ByteTokenizer()
+    train(model, encode(tok, corpus()[0]), list(model.parameters()), FALLBACK_PRETRAIN_STEPS,
+          lr=FALLBACK_PRETRAIN_LR, seed=0, progress=progress, desc="pretrain (fallback)")
+    model.eval()
+    return model, tok
+
+
+# ---------------------------------------------------------------------------------------------
+# QLoRA
+# ---------------------------------------------------------------------------------------------
+
+def _is_body_linear(name: str) -> bool:
+    return name.startswith("layers.")   # quantize the decoder blocks; keep lm_head in float32
+
+
+def quantize_base(model: nn.Module, quant_type: str = "nf4", blocksize: int = 64,
+                  compress_statistics: bool = True) -> nn.Module:
+    """Replace the decoder-block linears by frozen 4-bit layers, in place.
+
+    ``quant_type`` "nf4"/"fp4" gives ``nf4.Linear4bit``; "int4" gives a frozen ``nn.Linear``
+    holding the INT4-rounded weight (same blocks and absmax scaling, integer code book), for
+    comparison.
+    """
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+             and _is_body_linear(n)]
+
+    def make(name, lin):
+        if quant_type == "int4":
+            q = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
+            with torch.no_grad():
+                q.weight.copy_(nf4.fake_quantize_4bit(lin.weight.detach(), blocksize, "int4"))
+                if lin.bias is not None:
+                    q.bias.copy_(lin.bias)
+            return q.requires_grad_(False)
+        return nf4.Linear4bit.from_linear(lin, blocksize, quant_type, compress_statistics)
+
+    return replace_linears(model, make, names)
+
+
+def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+             seed: int = 0) -> int:
+    """Wrap every decoder-block linear in a LoRALinear; freeze everything else.
+
+    Returns the number of trainable parameters.
+    """
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, (nn.Linear, nf4.Linear4bit)) and _is_body_linear(n)
+             and "lora" not in n]
+    gen = torch.Generator().manual_seed(seed)
+
+    def make(name, lin):
+        return LoRALinear(lin, r=r, alpha=alpha, dropout=dropout, generator=gen)
+
+    _replace_modules(model, make, names)
+    return freeze_all_but_lora(model)
+
+
+def _replace_modules(model, make, names):
+    # replace_linears only visits nn.Linear; Linear4bit bases need the same walk
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, make(name, getattr(parent, child)))
+
+
+def _batches(tokens: torch.Tensor, batch: int, seq: int, rng: np.random.Generator):
+    starts = rng.integers(0, tokens.numel() - seq - 1, batch)
+    x = torch.stack([tokens[s:s + seq] for s in starts])
+    y = torch.stack([tokens[s + 1:s + seq + 1] for s in starts])
+    return x, y
+
+
+def train(model: nn.Module, tokens: torch.Tensor, params, steps: int, lr: float = 1e-3,
+          batch: int = 8, seq: int = 64, seed: int = 0, progress: bool = True,
+          desc: str = "train", threads: int | None = 1) -> tuple[list[float], torch.optim.Optimizer]:
+    """Next-token cross-entropy with AdamW on ``params`` for ``steps`` steps.
+
+    tokens: (n,) int64. ``threads``: torch intra-op threads during training (restored after);
+    a model this small trains fastest on one thread, and on a busy machine several threads
+    can be many times slower. None leaves torch's setting alone.
+    Returns (loss per step, the optimizer, for memory accounting).
+    """
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train(model, tokens, params, steps, lr, batch, seq, seed, progress, desc)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train(model, tokens, params, steps, lr, batch, seq, seed, progress, desc):
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    model.train()
+    losses = []
+    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        x, y = _batches(tokens, batch, seq, rng)
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses, opt
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, tokens: torch.Tensor, batches: int = 8, batch: int = 16,
+             seq: int = 64, seed: int = 1234) -> float:
+    """Mean next-token cross-entropy (nats) on fixed random windows of ``tokens``."""
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(batches):
+        x, y = _batches(tokens, batch, seq, rng)
+        logits = model(x)
+        total += float(nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                   y.reshape(-1)))
+    return total / batches
+
+
+@dataclass
+class MemoryReport:
+    """Bytes of each part of a QLoRA setup (all computed from the live objects)."""
+
+    base_4bit: int          # packed nibbles + block statistics of the quantized linears
+    base_fp32_equiv: int    # the same linears stored in float32
+    other_frozen: int       # embeddings, norms, lm_head (kept in float32)
+    adapters: int           # LoRA A and B (float32)
+    optimizer: int          # AdamW exp_avg and exp_avg_sq (float32)
+    gradients: int          # one float32 gradient per adapter parameter
+
+    def rows(self) -> list[tuple[str, int]]:
+        return [("4-bit base linears", self.base_4bit),
+                ("(same linears in float32)", self.base_fp32_equiv),
+                ("other frozen weights (fp32)", self.other_frozen),
+                ("LoRA adapters (fp32)", self.adapters),
+                ("adapter gradients (fp32)", self.gradients),
+                ("AdamW state (fp32)", self.optimizer)]
+
+
+def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> MemoryReport:
+    """Account for every byte of weights, adapters and optimizer state in a QLoRA model."""
+    q = [m for m in model.modules() if isinstance(m, nf4.Linear4bit)]
+    base_4bit = sum(m.storage_bytes() for m in q)
+    fp32_equiv = sum(4 * m.in_features * m.out_features for m in q)
+    lora = {id(p) for p in lora_parameters(model)}
+    adapters = sum(4 * p.numel() for p in lora_parameters(model))
+    other = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in lora)
+    other += sum(b.numel() * b.element_size() for n, b in model.named_buffers()
+                 if not n.endswith("packed"))
+    opt_bytes = 0
+    if optimizer is not None:
+        for s in optimizer.state.values():
+            opt_bytes += sum(v.numel() * v.element_size() for v in s.values()
+                             if isinstance(v, torch.Tensor) and v.dim() > 0)
+    return MemoryReport(base_4bit, fp32_equiv, other, adapters, opt_bytes, adapters)
