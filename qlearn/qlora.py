@@ -13,7 +13,7 @@ every CPython). Switching is that one function.
 
 from __future__ import annotations
 
-import math
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,6 +203,18 @@ def _replace_modules(model, make, names):
         setattr(parent, child, make(name, getattr(parent, child)))
 
 
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """Temporarily set torch's intra-op threads (None: leave as is)."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def _batches(tokens: torch.Tensor, batch: int, seq: int, rng: np.random.Generator):
     starts = rng.integers(0, tokens.numel() - seq - 1, batch)
     x = torch.stack([tokens[s:s + seq] for s in starts])
@@ -211,7 +223,7 @@ def _batches(tokens: torch.Tensor, batch: int, seq: int, rng: np.random.Generato
 
 
 def train(model: nn.Module, tokens: torch.Tensor, params, steps: int, lr: float = 1e-3,
-          batch: int = 8, seq: int = 64, seed: int = 0, progress: bool = True,
+          batch: int = 4, seq: int = 64, seed: int = 0, progress: bool = True,
           desc: str = "train", threads: int | None = 1) -> tuple[list[float], torch.optim.Optimizer]:
     """Next-token cross-entropy with AdamW on ``params`` for ``steps`` steps.
 
@@ -220,13 +232,8 @@ def train(model: nn.Module, tokens: torch.Tensor, params, steps: int, lr: float 
     can be many times slower. None leaves torch's setting alone.
     Returns (loss per step, the optimizer, for memory accounting).
     """
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with _threads(threads):
         return _train(model, tokens, params, steps, lr, batch, seq, seed, progress, desc)
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _train(model, tokens, params, steps, lr, batch, seq, seed, progress, desc):
@@ -247,16 +254,17 @@ def _train(model, tokens, params, steps, lr, batch, seq, seed, progress, desc):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, tokens: torch.Tensor, batches: int = 8, batch: int = 16,
-             seq: int = 64, seed: int = 1234) -> float:
+def evaluate(model: nn.Module, tokens: torch.Tensor, batches: int = 4, batch: int = 8,
+             seq: int = 64, seed: int = 1234, threads: int | None = 1) -> float:
     """Mean next-token cross-entropy (nats) on fixed random windows of ``tokens``."""
     rng = np.random.default_rng(seed)
     total = 0.0
-    for _ in range(batches):
-        x, y = _batches(tokens, batch, seq, rng)
-        logits = model(x)
-        total += float(nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                   y.reshape(-1)))
+    with _threads(threads):
+        for _ in range(batches):
+            x, y = _batches(tokens, batch, seq, rng)
+            logits = model(x)
+            total += float(nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                       y.reshape(-1)))
     return total / batches
 
 

@@ -47,8 +47,8 @@ def plot_4bit(W, blocksize: int = 64, quant_type: str = "nf4", compress_statisti
     ax0.set_xlabel("weight value")
     sizes = [bs for bs in nf4.BLOCKSIZES if bs <= np.asarray(W).size]
     for qt in QUANT_TYPES:
-        pts = [(summary(W, bs, qt, compress_statistics)["bits"],
-                summary(W, bs, qt, compress_statistics)["rel_mse"]) for bs in sizes]
+        infos = [summary(W, bs, qt, compress_statistics) for bs in sizes]
+        pts = [(i["bits"], i["rel_mse"]) for i in infos]
         ax1.plot(*zip(*pts), "o-", label=qt, lw=2.5 if qt == quant_type else 1)
     ax1.plot(info["bits"], info["rel_mse"], "k*", ms=14, label="selected")
     ax1.set_xlabel("bits per weight (4 + block constants)")
