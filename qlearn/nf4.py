@@ -594,6 +594,9 @@ def fake_quantize_4bit(x, blocksize: int = 64, quant_type: str = "nf4",
     flat, _, is_torch = _as_f32(x)
     _check_values(flat)
     absmax, s = _scale_ref(flat, blocksize)
+    if compress_statistics:  # same nested 8-bit treatment of the absmax constants
+        codes, nabs, offset = _double_quantize(absmax, "numpy")
+        absmax = _absmax_dequant_ref(codes, nabs, offset, _DYNAMIC, NESTED_BLOCKSIZE)
     _, deq, mid, order = _tables("int4")
     q = order[np.searchsorted(mid, s, side="left")]
     y = _dequantize_ref(((q[0::2] << 4) | q[1::2]).astype(np.uint8), absmax, blocksize,
