@@ -158,8 +158,8 @@ def quantize_base(model: nn.Module, quant_type: str = "nf4", blocksize: int = 64
     """Replace the decoder-block linears by frozen 4-bit layers, in place.
 
     ``quant_type`` "nf4"/"fp4" gives ``nf4.Linear4bit``; "int4" gives a frozen ``nn.Linear``
-    holding the INT4-rounded weight (same blocks and absmax scaling, integer code book), for
-    comparison.
+    holding the INT4-rounded weight (same blocks, absmax scaling and double quantization,
+    integer code book), for comparison.
     """
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
              and _is_body_linear(n)]
@@ -168,7 +168,8 @@ def quantize_base(model: nn.Module, quant_type: str = "nf4", blocksize: int = 64
         if quant_type == "int4":
             q = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
             with torch.no_grad():
-                q.weight.copy_(nf4.fake_quantize_4bit(lin.weight.detach(), blocksize, "int4"))
+                q.weight.copy_(nf4.fake_quantize_4bit(lin.weight.detach(), blocksize, "int4",
+                                                        compress_statistics))
                 if lin.bias is not None:
                     q.bias.copy_(lin.bias)
             return q.requires_grad_(False)
