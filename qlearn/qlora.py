@@ -5,10 +5,8 @@ The pieces: :mod:`qlearn.nf4` (storage and ``Linear4bit``), :mod:`qlearn.lora` (
 This module wires them into an experiment: quantize the base, add adapters, train with AdamW,
 and account for memory.
 
-Base model: ``base_model()`` returns ``qlearn.models.load("tiny")`` when that module is
-available. Until it is, it builds and briefly pretrains ``FallbackTinyLM``, a byte-level decoder
-with Llama layer names, on Python's own documentation text (``pydoc_data.topics``, present in
-every CPython). Switching is that one function.
+Base model: ``base_model()`` returns ``qlearn.models.load("tiny")``; switching the experiment
+to another model is that one function.
 """
 
 from __future__ import annotations
@@ -22,93 +20,30 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qlearn import nf4
+from qlearn.adapters import replace_linears
 from qlearn.lora import LoRALinear, freeze_all_but_lora, lora_parameters
 
-__all__ = ["base_model", "FallbackTinyLM", "corpus", "encode", "replace_linears", "quantize_base",
+__all__ = ["base_model", "corpus", "encode", "quantize_base",
            "add_lora", "train", "evaluate", "MemoryReport", "memory_report"]
 
 # ---------------------------------------------------------------------------------------------
-# Model and data (temporary stand-ins until qlearn.models / qlearn.adapters land)
+# Model and data
 # ---------------------------------------------------------------------------------------------
 
 
-def replace_linears(model: nn.Module, make, names=None) -> nn.Module:
-    """``qlearn.adapters.replace_linears`` when available, else a minimal local equivalent.
+def base_model():
+    """(model, tokenizer): the project's tiny LM, ``qlearn.models.load("tiny")`` (Shakespeare)."""
+    from qlearn import models
 
-    make(name, linear) -> nn.Module is called for each nn.Linear (restricted to ``names`` when
-    given) and the result replaces it in place.
-    """
-    try:
-        from qlearn.adapters import replace_linears as upstream
-    except ImportError:
-        upstream = None
-    if upstream is not None:
-        return upstream(model, make, names)
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)
-               and (names is None or n in names)]
-    for name, lin in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, make(name, lin))
-    return model
-
-
-class _Block(nn.Module):
-    def __init__(self, dim: int, heads: int, ffn: int):
-        super().__init__()
-        self.heads = heads
-        self.input_layernorm = nn.RMSNorm(dim, eps=1e-5)
-        self.self_attn = nn.Module()
-        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            setattr(self.self_attn, p, nn.Linear(dim, dim, bias=False))
-        self.post_attention_layernorm = nn.RMSNorm(dim, eps=1e-5)
-        self.mlp = nn.Module()
-        self.mlp.gate_proj = nn.Linear(dim, ffn, bias=False)
-        self.mlp.up_proj = nn.Linear(dim, ffn, bias=False)
-        self.mlp.down_proj = nn.Linear(ffn, dim, bias=False)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        b, t, d = h.shape                                                  # (B, T, D)
-        a = self.self_attn
-        x = self.input_layernorm(h)
-        q, k, v = (p(x).view(b, t, self.heads, -1).transpose(1, 2)        # (B, H, T, D/H)
-                   for p in (a.q_proj, a.k_proj, a.v_proj))
-        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        h = h + a.o_proj(y.transpose(1, 2).reshape(b, t, d))
-        x = self.post_attention_layernorm(h)
-        m = self.mlp
-        return h + m.down_proj(nn.functional.silu(m.gate_proj(x)) * m.up_proj(x))
-
-
-class FallbackTinyLM(nn.Module):
-    """Byte-level decoder with Llama names (embed_tokens, layers[i].self_attn.q_proj, ...,
-    norm, lm_head) and learned positions. tokens (B, T) int64 -> logits (B, T, 256)."""
-
-    def __init__(self, dim: int = 128, layers: int = 2, heads: int = 4, ffn: int = 256,
-                 ctx: int = 128):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(256, dim)
-        self.pos = nn.Embedding(ctx, dim)
-        self.layers = nn.ModuleList(_Block(dim, heads, ffn) for _ in range(layers))
-        self.norm = nn.RMSNorm(dim, eps=1e-5)
-        self.lm_head = nn.Linear(dim, 256, bias=False)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.embed_tokens(tokens) + self.pos(torch.arange(tokens.shape[1]))
-        for layer in self.layers:
-            h = layer(h)
-        return self.lm_head(self.norm(h))
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as token ids (vocabulary 256)."""
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+    return models.load("tiny")
 
 
 def corpus() -> tuple[str, str]:
-    """(pretraining text, fine-tuning text): two disjoint halves of CPython's pydoc topics."""
+    """Two disjoint halves of CPython's pydoc topics (present in every Python install).
+
+    The tiny model learned Shakespeare, so Python documentation is a new domain to adapt it to;
+    the chapter fine-tunes on the second half.
+    """
     from pydoc_data.topics import topics
 
     keys = sorted(topics)
@@ -117,32 +52,8 @@ def corpus() -> tuple[str, str]:
 
 
 def encode(tokenizer, text: str) -> torch.Tensor:
-    """Token ids (n,) int64 for either a ``tokenizers.Tokenizer`` or ByteTokenizer."""
-    ids = tokenizer.encode(text)
-    ids = getattr(ids, "ids", ids)
-    return torch.tensor(ids, dtype=torch.int64)
-
-
-#: Steps and learning rate of the fallback model's pretraining: enough for a clearly-better-than-
-#: uniform byte model (loss well under ln 256 = 5.55) in about ten seconds on one core.
-FALLBACK_PRETRAIN_STEPS = 150
-FALLBACK_PRETRAIN_LR = 3e-3
-
-
-def base_model(progress: bool = True):
-    """(model, tokenizer): the project's tiny LM, or the pretrained fallback until it exists."""
-    try:
-        from qlearn import models
-    except ImportError:
-        models = None
-    if models is not None and hasattr(models, "load"):
-        return models.load("tiny")
-    torch.manual_seed(0)
-    model, tok = FallbackTinyLM(), ByteTokenizer()
-    train(model, encode(tok, corpus()[0]), list(model.parameters()), FALLBACK_PRETRAIN_STEPS,
-          lr=FALLBACK_PRETRAIN_LR, seed=0, progress=progress, desc="pretrain (fallback)")
-    model.eval()
-    return model, tok
+    """Token ids (n,) int64 of ``text``."""
+    return torch.tensor(tokenizer.encode(text), dtype=torch.int64)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -337,9 +337,11 @@ def test_linear4bit_and_lora_forward_and_gradients():
 
 def test_qlora_memory_report_counts_every_byte():
     from qlearn import qlora
+    from qlearn.models import LlamaConfig, LlamaModel
 
     torch.manual_seed(0)
-    model = qlora.FallbackTinyLM(dim=64, layers=1, heads=2, ffn=128, ctx=32)
+    model = LlamaModel(LlamaConfig(vocab_size=256, dim=64, n_layers=1, n_heads=2, n_kv_heads=1,
+                                   ffn_dim=128))
     fp32_linears = sum(m.weight.numel() * 4 for n, m in model.named_modules()
                        if isinstance(m, torch.nn.Linear) and n.startswith("layers."))
     qlora.quantize_base(model, "nf4", 64, compress_statistics=True)
