@@ -1,0 +1,346 @@
+"""AWQ: activation-aware weight quantization (Lin et al., 2023), matching llm-awq and AutoAWQ.
+
+The idea in one line: a few input channels carry large activations, so errors on the weights that
+multiply them cost the most. AWQ does *not* keep those weights in higher precision; it multiplies
+weight column ``j`` by a factor ``s_j > 1`` before rounding (and divides the input by ``s_j``, which
+is folded into the previous layer for free), so the salient columns use more of the 4-bit grid.
+
+Pipeline for one linear layer ``y = x W^T`` with calibration inputs ``X``:
+
+1. ``x_mean_abs[j] = mean_t |X[t, j]|`` (llm-awq calls it ``x_max``; it is a mean).
+2. For ratios ``r = k/20, k = 0..19``: ``s = clamp(x_mean_abs^r, 1e-4)``, ``s /= sqrt(max s * min s)``;
+   loss = mean squared difference of the layer output with the weight ``Q(W * s) / s``.
+   The first strict minimum wins (:func:`search_scale`).
+3. Apply: ``W *= s`` (columns), ``X /= s``.
+4. Clip search per (row, group) on the scaled weight and scaled inputs (:func:`search_clip`).
+5. Final grouped asymmetric quantization of the clipped, scaled weight (:func:`pseudo_quantize`).
+
+Everything is torch float32 on CPU, with the same operation order as upstream, so scales and
+losses agree with the reference to float rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from qlearn._checks import check_bits, check_group_size, check_matrix, check_pair
+
+__all__ = ["outlier_layer", "pseudo_quantize", "search_scale", "search_clip", "awq_quantize", "apply_clip",
+           "output_error", "AWQScale", "AWQResult", "N_GRID", "N_SAMPLE_TOKEN",
+           "CLIP_SHRINKS"]
+
+N_GRID = 20              # ratios k/N_GRID, k = 0..19: a 20-point grid on [0, 1), 1.0 excluded (upstream)
+SCALE_FLOOR = 1e-4       # s is clamped at 1e-4 so no channel's weights are divided by ~0
+DUO_EPS = 1e-4           # AutoAWQ duo scaling: added to w_mean^(1-r) to avoid dividing by 0
+W_MEAN_EPS = 1e-6        # AutoAWQ duo scaling: added to each group's absmax when normalising |W|
+QSCALE_FLOOR = 1e-5      # quantizer step floor: a constant group gets step 1e-5/(2^b - 1), not 0
+CLIP_N_GRID = 20         # clip candidates m = absmax * (1 - i/20) ...
+CLIP_MAX_SHRINK = 0.5    # ... for i < 0.5 * 20: shrink factors 1.0, 0.95, ..., 0.55
+CLIP_SHRINKS = tuple(1 - i / CLIP_N_GRID for i in range(int(CLIP_MAX_SHRINK * CLIP_N_GRID)))
+N_SAMPLE_TOKEN = 512     # the clip search subsamples tokens with step n_tokens // 512 (needs >= 512)
+
+
+# --- the test layer ---------------------------------------------------------------------------
+
+def outlier_layer(out_features: int = 512, in_features: int = 1024, n_tokens: int = 2048,
+                  n_outliers: int = 10, outlier_gain: float = 10.0, seed: int = 1):
+    """The "medium" layer of the book and of the oracle data: Gaussian W, X with a few loud channels.
+
+    ``W = N(0, 1) / sqrt(in)``, ``X = N(0, 1)`` and ``n_outliers`` input channels of X multiplied by
+    ``outlier_gain`` (1 % x10 by default), all from ``numpy.random.default_rng(seed)``. With the
+    defaults this reproduces the oracle's W and X bit for bit (a test checks it).
+
+    Returns:
+        ``(W (out, in) float32, X (tokens, in) float32, outlier_channels (n_outliers,) int64)``
+        as torch tensors.
+    """
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((out_features, in_features)).astype(np.float32) / np.sqrt(in_features)
+    X = rng.standard_normal((n_tokens, in_features)).astype(np.float32)
+    channels = np.sort(rng.choice(in_features, n_outliers, replace=False))
+    X[:, channels] *= outlier_gain
+    return (torch.from_numpy(W.astype(np.float32)), torch.from_numpy(X),
+            torch.from_numpy(channels.astype(np.int64)))
+
+
+# --- the quantizer ----------------------------------------------------------------------------
+
+def _quantize_rows(w: torch.Tensor, w_bit: int):
+    """Asymmetric min/max quantization of each row of ``w: (rows, g)``.
+
+    Returns ``(deq, codes, scales, zeros)`` with ``scales, zeros: (rows, 1)``. The range is
+    ``[min, max]`` of the row itself, NOT widened to contain 0 (GPTQ's quantizer widens it).
+    Upstream quirk kept: the zero point is clamped to ``[0, 2^b - 1]``, so a row entirely above 0
+    gets zero 0 and the grid ``[0, max - min]`` (a constant row collapses to ``1e-5``). Rows of
+    real weight groups straddle 0, where this never triggers.
+    """
+    max_int = 2 ** w_bit - 1
+    max_val = w.amax(dim=1, keepdim=True)
+    min_val = w.amin(dim=1, keepdim=True)
+    scales = (max_val - min_val).clamp(min=QSCALE_FLOOR) / max_int
+    zeros = (-torch.round(min_val / scales)).clamp_(0, max_int)
+    codes = torch.clamp(torch.round(w / scales) + zeros, 0, max_int)
+    deq = (codes - zeros) * scales
+    return deq, codes, scales, zeros
+
+
+def pseudo_quantize(W, w_bit: int = 4, group_size: int = 128):
+    """AWQ's grouped asymmetric quantizer (llm-awq ``pseudo_quantize_tensor``, zero_point=True).
+
+    Args:
+        W: (out_features, in_features) float32.
+        w_bit: bits per weight (1..8).
+        group_size: consecutive input columns sharing one scale/zero; must divide in_features
+            (-1: one group per row).
+
+    Returns:
+        ``(Q, codes, scales, zeros)``: ``Q (out, in) float32`` dequantized weight,
+        ``codes (out, in) uint8``, ``scales, zeros (out, n_groups) float32`` with
+        ``Q = (codes - zeros) * scales`` per group. Rounding is half-to-even (torch.round).
+    """
+    W = check_matrix(W, "W", "(out_features, in_features)")
+    w_bit = check_bits(w_bit)
+    gs = check_group_size(W.shape[1], group_size)
+    return _pseudo_quantize(W, w_bit, gs)
+
+
+def _pseudo_quantize(W: torch.Tensor, w_bit: int, gs: int):
+    out, n_in = W.shape
+    deq, codes, scales, zeros = _quantize_rows(W.reshape(-1, gs), w_bit)
+    return (deq.reshape(out, n_in), codes.to(torch.uint8).reshape(out, n_in),
+            scales.reshape(out, -1), zeros.reshape(out, -1))
+
+
+def output_error(X, W, W_hat, X_hat=None) -> float:
+    """Relative output error ``||X W^T - X_hat W_hat^T||_F^2 / ||X W^T||_F^2`` in float64.
+
+    ``X: (tokens, in)``, ``W, W_hat: (out, in)``; ``X_hat`` defaults to ``X`` (pass ``X / s`` with
+    a scaled ``W_hat`` to measure AWQ in its scaled space).
+    """
+    X64, W64 = X.double(), W.double()
+    ref = X64 @ W64.T
+    approx = (X if X_hat is None else X_hat).double() @ W_hat.double().T
+    return float(((ref - approx) ** 2).sum() / (ref ** 2).sum())
+
+
+# --- scale search -----------------------------------------------------------------------------
+
+@dataclass
+class AWQScale:
+    """Result of :func:`search_scale`.
+
+    Attributes:
+        scales: (in_features,) float32, the chosen per-input-channel factors s.
+        best_ratio: the exponent r of the winning grid point.
+        loss_history: (20,) float64, the loss at each ratio of ``ratio_grid``.
+        x_mean_abs: (in_features,) float32, mean |x| per input channel.
+        ratio_grid: (20,) float64, k/20 for k = 0..19.
+    """
+    scales: torch.Tensor
+    best_ratio: float
+    loss_history: torch.Tensor
+    x_mean_abs: torch.Tensor
+    ratio_grid: torch.Tensor = field(default_factory=lambda: torch.arange(N_GRID, dtype=torch.float64) / N_GRID)
+
+
+def _as_weight_list(W) -> list[torch.Tensor]:
+    if isinstance(W, (list, tuple)):
+        if not W:
+            raise ValueError("W must be a weight or a non-empty list of weights, got an empty list")
+        return list(W)
+    return [W]
+
+
+def _w_mean(Ws: list[torch.Tensor], gs: int) -> torch.Tensor:
+    """AutoAWQ's weight statistic: mean over rows of |W| / (its group's absmax + 1e-6)."""
+    weight = torch.cat(Ws, dim=0)
+    g = weight.view(-1, gs)
+    w_scale = g.abs() / (g.abs().amax(dim=1, keepdim=True) + W_MEAN_EPS)
+    return w_scale.view(weight.shape).mean(0)
+
+
+def candidate_scales(x_mean_abs: torch.Tensor, ratio: float, w_mean: torch.Tensor | None = None):
+    """The per-channel factors s for one grid ratio (duo scaling when ``w_mean`` is given).
+
+    ``s = clamp(x^r, 1e-4)`` (llm-awq) or ``clamp(x^r / (w^(1-r) + 1e-4), 1e-4)`` (AutoAWQ
+    duo_scaling), then normalised so that ``max s * min s = 1``.
+    """
+    if w_mean is None:
+        s = x_mean_abs.pow(ratio).clamp(min=SCALE_FLOOR).view(-1)
+    else:
+        s = (x_mean_abs.pow(ratio) / (w_mean.pow(1 - ratio) + DUO_EPS)).clamp(min=SCALE_FLOOR)
+    return s / (s.max() * s.min()).sqrt()
+
+
+def search_scale(W, X, w_bit: int = 4, group_size: int = 128, duo_scaling: bool = False, *,
+                 forward: Callable[[list[torch.Tensor]], torch.Tensor] | None = None,
+                 progress: bool = False) -> AWQScale:
+    """Grid-search AWQ's per-input-channel scales s for one linear (or several sharing X).
+
+    Args:
+        W: (out_features, in_features) float32, or a list of such weights that all read ``X``
+            (q/k/v, gate/up); their statistics are pooled as upstream does.
+        X: (tokens, in_features) float32 calibration inputs.
+        w_bit, group_size: the quantizer of :func:`pseudo_quantize`.
+        duo_scaling: False = llm-awq (s from activations only); True = AutoAWQ's default
+            (s = x_mean^r / w_mean^(1-r)).
+        forward: optional ``forward(weights) -> output`` of the module AWQ inspects (a whole
+            attention or MLP block for a model); default: ``X @ concat(W)^T``.
+        progress: show a tqdm bar over the 20 ratios.
+
+    Returns:
+        :class:`AWQScale` (scales, best_ratio, loss_history (20,), x_mean_abs).
+    """
+    Ws = [check_pair(w, X)[0] for w in _as_weight_list(W)]
+    X = check_matrix(X, "X", "(tokens, in_features)")
+    w_bit = check_bits(w_bit)
+    gs = check_group_size(X.shape[1], group_size)
+    if forward is None:
+        def forward(weights):  # the inspected module is the linear itself
+            return torch.nn.functional.linear(X, torch.cat(weights, dim=0))
+    with torch.no_grad():
+        org_out = forward(Ws)
+        if duo_scaling:  # AutoAWQ: sum in float32, then divide
+            x_mean = X.abs().view(-1, X.shape[-1]).to(torch.float32).sum(dim=0) / X.shape[0]
+            w_mean = _w_mean(Ws, gs)
+        else:            # llm-awq: mean over tokens
+            x_mean = X.abs().view(-1, X.shape[-1]).mean(0)
+            w_mean = None
+        history, best, best_ratio, best_s = [], float("inf"), -1.0, None
+        for k in tqdm(range(N_GRID), desc="AWQ scale search", disable=not progress, leave=False):
+            ratio = k / N_GRID
+            s = candidate_scales(x_mean, ratio, w_mean)
+            s_row = s.view(1, -1)
+            cand = [_pseudo_quantize(w * s_row, w_bit, gs)[0] / s_row for w in Ws]
+            loss = (org_out - forward(cand)).float().pow(2).mean().item()
+            history.append(loss)
+            if loss < best:  # strict: the first minimum wins
+                best, best_ratio, best_s = loss, ratio, s
+    return AWQScale(best_s, best_ratio, torch.tensor(history, dtype=torch.float64), x_mean)
+
+
+# --- clip search ------------------------------------------------------------------------------
+
+def search_clip(W, X, w_bit: int = 4, group_size: int = 128, *,
+                n_sample_token: int = N_SAMPLE_TOKEN, progress: bool = False) -> torch.Tensor:
+    """Per (row, group) clipping threshold minimising the group's partial-output error.
+
+    For every row r and group g, candidates ``m = absmax|W[r, g]| * f`` with
+    ``f in CLIP_SHRINKS = (1.0, 0.95, ..., 0.55)``; the weight is clamped to ``[-m, m]``,
+    quantized, and the error is ``mean_t (x_t,g . Q(w_c) - x_t,g . w)^2`` over tokens subsampled
+    with step ``n_tokens // n_sample_token``. Strict ``<``: the smallest error, first f on ties.
+
+    Args:
+        W: (out_features, in_features) float32 (already scaled by s when used inside AWQ).
+        X: (tokens, in_features) float32 (already divided by s), at least ``n_sample_token`` rows.
+
+    Returns:
+        max_val: (out_features, n_groups) float32, the chosen m per (row, group).
+    """
+    W, X = check_pair(W, X)
+    w_bit = check_bits(w_bit)
+    gs = check_group_size(W.shape[1], group_size)
+    if X.shape[0] < n_sample_token:
+        raise ValueError(f"the clip search needs at least n_sample_token = {n_sample_token} "
+                         f"calibration tokens, got X with {X.shape[0]} rows (collect more "
+                         f"calibration text or pass a smaller n_sample_token)")
+    out, n_in = W.shape
+    n_groups = n_in // gs
+    with torch.no_grad():
+        x = X[:: X.shape[0] // n_sample_token].reshape(-1, n_groups, gs)   # (t, G, gs)
+        w = W.reshape(out, n_groups, gs)                                   # (out, G, gs)
+        xg = x.permute(1, 0, 2)                                            # (G, t, gs)
+        org_out = torch.bmm(xg, w.permute(1, 2, 0))                        # (G, t, out)
+        org_max = w.abs().amax(dim=-1, keepdim=True)                       # (out, G, 1)
+        best = org_max.clone()
+        min_err = torch.full_like(org_max, 1e9)
+        for i_s in tqdm(range(len(CLIP_SHRINKS)), desc="AWQ clip search", disable=not progress,
+                        leave=False):
+            max_val = org_max * (1 - i_s / CLIP_N_GRID)
+            cur = torch.clamp(w, -max_val, max_val)
+            q = _quantize_rows(cur.reshape(-1, gs), w_bit)[0].reshape(out, n_groups, gs)
+            cur_out = torch.bmm(xg, q.permute(1, 2, 0))                    # (G, t, out)
+            err = (cur_out - org_out).pow(2).mean(dim=1).T.unsqueeze(-1)   # (out, G, 1)
+            better = err < min_err
+            min_err[better] = err[better]
+            best[better] = max_val[better]
+    return best.squeeze(-1)
+
+
+def apply_clip(W: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
+    """Clamp each (row, group) of ``W (out, in)`` to ``[-max_val, max_val]``; returns a new tensor."""
+    out, n_in = W.shape
+    mv = max_val.reshape(out, -1, 1)
+    return torch.clamp(W.reshape(out, mv.shape[1], -1), -mv, mv).reshape(out, n_in)
+
+
+# --- the whole layer --------------------------------------------------------------------------
+
+@dataclass
+class AWQResult:
+    """Result of :func:`awq_quantize` for one linear layer.
+
+    Attributes:
+        codes: (out, in) uint8, final codes of the scaled and clipped weight.
+        qscales, qzeros: (out, n_groups) float32, quantizer step and zero point per group.
+        Q: (out, in) float32, dequantized weight in the scaled space (pairs with ``X / scales``).
+        W_hat: (out, in) float32, ``Q / scales``: the effective weight in the original x-space.
+        scales: (in,) float32, AWQ's s; best_ratio, loss_history (20,), x_mean_abs (in,).
+        clip_max_val: (out, n_groups) float32, clip thresholds chosen on the scaled weight.
+        clip_only_max_val: (out, n_groups) float32, clip thresholds without scaling.
+        errors: relative output errors ``{"rtn", "scale_only", "clip_only", "full"}``.
+    """
+    codes: torch.Tensor
+    qscales: torch.Tensor
+    qzeros: torch.Tensor
+    Q: torch.Tensor
+    W_hat: torch.Tensor
+    scales: torch.Tensor
+    best_ratio: float
+    loss_history: torch.Tensor
+    x_mean_abs: torch.Tensor
+    clip_max_val: torch.Tensor
+    clip_only_max_val: torch.Tensor
+    errors: dict
+
+
+def awq_quantize(W, X, w_bit: int = 4, group_size: int = 128, duo_scaling: bool = False, *,
+                 progress: bool = False) -> AWQResult:
+    """Full AWQ on one linear: scale search, scaling, clip search, final quantization.
+
+    Also runs the ablations (RTN, scale only, clip only) so the four errors can be compared.
+
+    Args:
+        W: (out_features, in_features) float32.
+        X: (tokens, in_features) float32, at least 512 tokens (the clip search subsamples 512).
+
+    Returns:
+        :class:`AWQResult`.
+    """
+    W, X = check_pair(W, X)
+    w_bit = check_bits(w_bit)
+    gs = check_group_size(W.shape[1], group_size)
+    if X.shape[0] < N_SAMPLE_TOKEN:
+        raise ValueError(f"awq_quantize needs at least {N_SAMPLE_TOKEN} calibration tokens for "
+                         f"its clip search, got X with {X.shape[0]} rows (collect more)")
+    with torch.no_grad():
+        Q_rtn = _pseudo_quantize(W, w_bit, gs)[0]
+        sc = search_scale(W, X, w_bit, gs, duo_scaling, progress=progress)
+        s_row = sc.scales.view(1, -1)
+        Ws, Xs = W * s_row, X / s_row
+        Q_scale = _pseudo_quantize(Ws, w_bit, gs)[0]
+        clip_only = search_clip(W, X, w_bit, gs, progress=progress)
+        Q_clip = _pseudo_quantize(apply_clip(W, clip_only), w_bit, gs)[0]
+        clip = search_clip(Ws, Xs, w_bit, gs, progress=progress)
+        Q, codes, qscales, qzeros = _pseudo_quantize(apply_clip(Ws, clip), w_bit, gs)
+        errors = {"rtn": output_error(X, W, Q_rtn),
+                  "scale_only": output_error(X, W, Q_scale, Xs),
+                  "clip_only": output_error(X, W, Q_clip),
+                  "full": output_error(X, W, Q, Xs)}
+    return AWQResult(codes, qscales, qzeros, Q, Q / s_row, sc.scales, sc.best_ratio,
+                     sc.loss_history, sc.x_mean_abs, clip, clip_only, errors)
