@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from qlearn._checks import check_bits, check_group_size, check_matrix, check_pair
+from qlearn._checks import check_bits, check_group_size, check_matrix, check_pair  # noqa: F401 (re-exported)
 
 __all__ = ["outlier_layer", "pseudo_quantize", "search_scale", "search_clip", "awq_quantize", "apply_clip",
            "output_error", "AWQScale", "AWQResult", "N_GRID", "N_SAMPLE_TOKEN",
@@ -310,7 +310,7 @@ class AWQResult:
 
 
 def awq_quantize(W, X, w_bit: int = 4, group_size: int = 128, duo_scaling: bool = False, *,
-                 progress: bool = False) -> AWQResult:
+                 search: AWQScale | None = None, progress: bool = False) -> AWQResult:
     """Full AWQ on one linear: scale search, scaling, clip search, final quantization.
 
     Also runs the ablations (RTN, scale only, clip only) so the four errors can be compared.
@@ -318,6 +318,7 @@ def awq_quantize(W, X, w_bit: int = 4, group_size: int = 128, duo_scaling: bool 
     Args:
         W: (out_features, in_features) float32.
         X: (tokens, in_features) float32, at least 512 tokens (the clip search subsamples 512).
+        search: a :func:`search_scale` result for the same W, X and settings, to skip the search.
 
     Returns:
         :class:`AWQResult`.
@@ -330,7 +331,11 @@ def awq_quantize(W, X, w_bit: int = 4, group_size: int = 128, duo_scaling: bool 
                          f"its clip search, got X with {X.shape[0]} rows (collect more)")
     with torch.no_grad():
         Q_rtn = _pseudo_quantize(W, w_bit, gs)[0]
-        sc = search_scale(W, X, w_bit, gs, duo_scaling, progress=progress)
+        sc = search if search is not None else search_scale(W, X, w_bit, gs, duo_scaling,
+                                                            progress=progress)
+        if sc.scales.shape != (W.shape[1],):
+            raise ValueError(f"search.scales must have shape ({W.shape[1]},), got "
+                             f"{tuple(sc.scales.shape)} (pass the search of this layer)")
         s_row = sc.scales.view(1, -1)
         Ws, Xs = W * s_row, X / s_row
         Q_scale = _pseudo_quantize(Ws, w_bit, gs)[0]
