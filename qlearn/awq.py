@@ -32,7 +32,7 @@ from qlearn._checks import check_bits, check_group_size, check_matrix, check_pai
 
 __all__ = ["outlier_layer", "pseudo_quantize", "search_scale", "search_clip", "awq_quantize", "apply_clip",
            "output_error", "AWQScale", "AWQResult", "N_GRID", "N_SAMPLE_TOKEN",
-           "CLIP_SHRINKS"]
+           "CLIP_SHRINKS", "awq_model", "rtn_model"]
 
 N_GRID = 20              # ratios k/N_GRID, k = 0..19: a 20-point grid on [0, 1), 1.0 excluded (upstream)
 SCALE_FLOOR = 1e-4       # s is clamped at 1e-4 so no channel's weights are divided by ~0
@@ -349,3 +349,120 @@ def awq_quantize(W, X, w_bit: int = 4, group_size: int = 128, duo_scaling: bool 
                   "full": output_error(X, W, Q, Xs)}
     return AWQResult(codes, qscales, qzeros, Q, Q / s_row, sc.scales, sc.best_ratio,
                      sc.loss_history, sc.x_mean_abs, clip, clip_only, errors)
+
+
+# --- a whole model (structure comes from qlearn.adapters) -------------------------------------
+
+def _capture_layer_inputs(layer: torch.nn.Module, h: torch.Tensor, linears: dict) -> tuple:
+    """Run ``layer(h)`` once; return its output and ``{name: input (batch, seq, in)}`` of its linears."""
+    seen, handles = {}, []
+    for name, lin in linears.items():
+        handles.append(lin.register_forward_pre_hook(
+            lambda mod, args, name=name: seen.__setitem__(name, args[0].detach().clone())))
+    try:
+        out = layer(h)
+    finally:
+        for hd in handles:
+            hd.remove()
+    return out, seen
+
+
+def _fold_scales(prev: torch.nn.Module, linears, s: torch.Tensor) -> None:
+    """Divide the output of ``prev`` by s and multiply the input columns of ``linears`` by s.
+
+    prev: a norm (weight, optional bias /= s) or an nn.Linear (its LAST len(s) output rows and bias
+    /= s, as upstream ``scale_fc_fc``).
+    """
+    if isinstance(prev, torch.nn.Linear):
+        prev.weight[-s.numel():].div_(s.view(-1, 1))
+        if prev.bias is not None:
+            prev.bias[-s.numel():].div_(s)
+    else:
+        prev.weight.div_(s)
+        if getattr(prev, "bias", None) is not None:
+            prev.bias.div_(s)
+    for fc in linears:
+        fc.weight.mul_(s.view(1, -1))
+
+
+NO_CLIP = ("q_proj", "k_proj")  # upstream skips the clip search where attention logits are sensitive
+
+
+def awq_model(model: torch.nn.Module, tokens: torch.Tensor, w_bit: int = 4, group_size: int = 128,
+              duo_scaling: bool = False, clip: bool = True, progress: bool = True):
+    """AWQ for a whole decoder (llm-awq's ``run_awq`` + ``pseudo_quantize_model_weight``).
+
+    Layer by layer: capture the inputs of the layer's linears on the calibration tokens, search one
+    scale vector per scale group (``qlearn.adapters.scale_groups``: norm -> q,k,v inspecting the
+    attention, norm -> gate,up inspecting the MLP, up -> down, v -> o when shapes allow), fold the
+    scales into the previous norm/linear, clip-search every linear except q/k on the scaled weights
+    and scaled inputs, and pass the *unquantized* layer's output on. Finally every linear of
+    ``find_linears`` (not lm_head) is replaced by its AWQ pseudo-quantized weight.
+
+    Args:
+        model: a decoder with the Llama names of ``qlearn.adapters``; left untouched.
+        tokens: (batch, seq) int64 calibration tokens (>= 512 tokens when ``clip``).
+    Returns:
+        ``(quantized deep copy, {"layers.i.<group name>": best ratio})``.
+    """
+    import copy
+
+    from qlearn import adapters
+
+    tokens = torch.as_tensor(tokens)
+    if tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"tokens must be a (batch, seq) integer tensor, got shape "
+                         f"{tuple(tokens.shape)} dtype {tokens.dtype}")
+    if clip and tokens.numel() < N_SAMPLE_TOKEN:
+        raise ValueError(f"the clip search needs at least {N_SAMPLE_TOKEN} calibration tokens, got "
+                         f"{tokens.numel()} (pass more text, or clip=False)")
+    q = copy.deepcopy(model).eval()
+    ratios = {}
+    with torch.no_grad():
+        h = q.embed_tokens(tokens.long())
+        layers = adapters.decoder_layers(q)
+        for i, layer in enumerate(tqdm(layers, desc=f"AWQ w{w_bit}g{group_size}", disable=not progress)):
+            named = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+            h_next, inputs = _capture_layer_inputs(layer, h, named)
+            by_module = {id(m): n for n, m in named.items()}
+            plans = []
+            for g in adapters.scale_groups(layer):
+                x3 = inputs[by_module[id(g.linears[0])]]
+                X = x3.reshape(-1, x3.shape[-1])
+
+                def forward(ws, g=g, x3=x3):
+                    saved = [fc.weight.data for fc in g.linears]
+                    for fc, w in zip(g.linears, ws):
+                        fc.weight.data = w
+                    try:
+                        return g.inspect(x3)
+                    finally:
+                        for fc, w in zip(g.linears, saved):
+                            fc.weight.data = w
+
+                sc = search_scale([fc.weight.data for fc in g.linears], X, w_bit, group_size,
+                                  duo_scaling, forward=forward)
+                ratios[f"layers.{i}.{g.name}"] = sc.best_ratio
+                plans.append((g, sc.scales))
+            for g, s in plans:  # apply after all searches, as upstream
+                _fold_scales(g.prev, g.linears, s)
+                for fc in g.linears:
+                    n = by_module[id(fc)]
+                    inputs[n] = inputs[n] / s
+            if clip:
+                for n, fc in named.items():
+                    if n.rsplit(".", 1)[-1] in NO_CLIP:
+                        continue
+                    x = inputs[n].reshape(-1, fc.in_features)
+                    fc.weight.data = apply_clip(fc.weight.data, search_clip(fc.weight.data, x, w_bit, group_size))
+            h = h_next
+        for fc in adapters.find_linears(q).values():
+            fc.weight.data = _pseudo_quantize(fc.weight.data, w_bit, check_group_size(fc.in_features, group_size))[0]
+    return q, ratios
+
+
+def rtn_model(model: torch.nn.Module, w_bit: int = 4, group_size: int = 128) -> torch.nn.Module:
+    """Round-to-nearest baseline with AWQ's quantizer on every linear (deep copy; lm_head kept)."""
+    from qlearn import adapters
+
+    return adapters.fake_quantize_linears(model, lambda W: pseudo_quantize(W, w_bit, group_size)[0])

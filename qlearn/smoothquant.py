@@ -21,7 +21,7 @@ import torch
 from qlearn._checks import check_matrix, check_pair
 
 __all__ = ["act_scales", "weight_scales", "smooth_scales", "smooth", "fake_quant_w8a8",
-           "absmax_fake_quant", "W8A8Result"]
+           "absmax_fake_quant", "W8A8Result", "W8A8Linear", "smooth_model", "w8a8_model"]
 
 STAT_FLOOR = 1e-5    # weight statistic and smoothing factor floor: a dead channel gets s = 1e-5, not 0/inf
 INT8_QMAX = 127      # symmetric int8 grid [-127, 127]
@@ -168,3 +168,73 @@ def fake_quant_w8a8(X, W, weight: str = "per_channel", act: str = "per_token") -
         W_q = absmax_fake_quant(W, weight)
         X_q = absmax_fake_quant(X, act)
         return W8A8Result(X_q @ W_q.T, X_q, W_q)
+
+
+# --- a whole model (structure comes from qlearn.adapters) -------------------------------------
+
+class W8A8Linear(torch.nn.Module):
+    """A linear whose weight is int8 fake-quantized once and whose input is fake-quantized per call.
+
+    ``x: (..., in) float32 -> (..., out)``; weight per output channel or per tensor, activations per
+    token or per tensor (dynamic absmax, as upstream's fake-quant ``W8A8Linear``).
+    """
+
+    def __init__(self, linear: torch.nn.Linear, weight: str = "per_channel", act: str = "per_token"):
+        super().__init__()
+        if weight not in WEIGHT_MODES or act not in ACT_MODES:
+            raise ValueError(f"weight must be one of {WEIGHT_MODES} and act one of {ACT_MODES}, "
+                             f"got {weight!r}, {act!r}")
+        self.act = act
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        with torch.no_grad():
+            self.weight = torch.nn.Parameter(absmax_fake_quant(linear.weight.detach().float(), weight),
+                                             requires_grad=False)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_q = absmax_fake_quant(x.reshape(-1, x.shape[-1]), self.act).reshape(x.shape)
+        return torch.nn.functional.linear(x_q, self.weight, self.bias)
+
+
+def smooth_model(model: torch.nn.Module, tokens: torch.Tensor, alpha: float = 0.5,
+                 progress: bool = True) -> torch.nn.Module:
+    """SmoothQuant on a decoder: a deep copy with every norm -> linears group smoothed.
+
+    For each layer's groups whose ``prev`` is a norm (input_layernorm -> q,k,v and
+    post_attention_layernorm -> gate,up; see ``qlearn.adapters.scale_groups``), the activation
+    statistic is the max |x| over the calibration tokens (captured on the original model, as
+    upstream), and :func:`smooth` folds the factors in. Linear -> linear groups are left alone.
+
+    Args:
+        tokens: (batch, seq) int64 calibration tokens.
+    """
+    import copy
+
+    from tqdm.auto import tqdm
+
+    from qlearn import adapters
+
+    alpha = _check_alpha(alpha)
+    q = copy.deepcopy(model).eval()
+    linears = adapters.find_linears(q)
+    names = {id(m): n for n, m in linears.items()}
+    groups = [g for layer in adapters.decoder_layers(q) for g in adapters.scale_groups(layer)
+              if not isinstance(g.prev, torch.nn.Linear)]
+    first = [names[id(g.linears[0])] for g in groups]
+    inputs = adapters.capture_inputs(q, tokens, first)
+    with torch.no_grad():
+        for g, n in tqdm(list(zip(groups, first)), desc=f"SmoothQuant alpha={alpha}", disable=not progress):
+            s = smooth_scales(act_scales(inputs[n]), weight_scales(*[fc.weight.detach() for fc in g.linears]),
+                              alpha)
+            smooth(g.prev, g.linears, s)
+    return q
+
+
+def w8a8_model(model: torch.nn.Module, weight: str = "per_channel", act: str = "per_token") -> torch.nn.Module:
+    """A deep copy whose linears (``qlearn.adapters.find_linears``, lm_head kept) run W8A8 fake quant."""
+    import copy
+
+    from qlearn import adapters
+
+    q = copy.deepcopy(model)
+    return adapters.replace_linears(q, lambda name, lin: W8A8Linear(lin, weight, act))

@@ -50,7 +50,7 @@ def plot_ratio(W: torch.Tensor, X: torch.Tensor, ratio: float = 0.5, w_bit: int 
     ax.legend(fontsize=8)
     ax = axes[1]
     xm = search.x_mean_abs.numpy()
-    ax.loglog(xm, s.numpy(), ".", ms=3, color="#4c72b0")
+    ax.plot(xm, s.numpy(), ".", ms=3, color="#4c72b0")
     ax.set_xlabel("mean |x_j| (activation statistic)")
     ax.set_ylabel("s_j")
     ax.set_title(f"per-channel scale at r = {ratio:.2f} (max s / min s = "
