@@ -102,8 +102,12 @@ def topy(nb_path: Path, out: Path) -> None:
 def run(nb_path: Path) -> None:
     from nbclient import NotebookClient
 
+    import os
+
     nb = nbformat.read(nb_path, as_version=4)
     set_colab_cell(nb)
+    # The kernel inherits our environment: MPLBACKEND=Agg there would silently drop every figure.
+    os.environ.pop("MPLBACKEND", None)
     t = time.time()
     NotebookClient(nb, timeout=900, kernel_name="python3", record_timing=False,
                    resources={"metadata": {"path": str(nb_path.parent)}}).execute()

@@ -8,19 +8,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export PIP_CONSTRAINT="$PWD/.venv/qlearn/constraints.txt"
-export MPLBACKEND=Agg PYTHONHASHSEED=0
+# no MPLBACKEND here: notebook kernels inherit it and Agg would drop every figure under nbval
+unset MPLBACKEND
+export PYTHONHASHSEED=0
 # numba's on-disk cache lives in the clone, so a second run skips compilation
 export NUMBA_CACHE_DIR="$PWD/.cache/numba"
 PY=.venv/bin/python
 t0=$(date +%s)
 
 echo "=== 1/3 unit, property and grader tests"
-$PY -m pytest tests -q -p no:cacheprovider
+$PY -m pytest tests -q -p no:cacheprovider -n 2 --dist loadfile
 t1=$(date +%s)
 
 echo "=== 2/3 nbval over notebooks/"
 $PY -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
-    -p no:cacheprovider -q notebooks/
+    -p no:cacheprovider -q -n 2 --dist loadfile notebooks/
 t2=$(date +%s)
 
 echo "=== 3/3 strict book build"

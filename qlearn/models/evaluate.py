@@ -1,0 +1,151 @@
+"""Perplexity (sliding window) and greedy generation for any ``model(tokens) -> logits``.
+
+Perplexity is exp(mean negative log-likelihood per token). A text longer than the context is scored
+with a sliding window: windows of ``ctx`` tokens start every ``stride`` tokens; each token is scored
+once, by the first window that contains it after the window's first ``ctx - stride`` tokens (which
+serve as context only; the first window scores all its tokens but the first). ``stride == ctx`` gives
+disjoint windows (fast, each token sees on average ctx/2 tokens of context); a smaller stride gives
+every scored token at least ``ctx - stride`` tokens of context (closer to the model's true quality,
+ctx/stride times the work).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+__all__ = ["Score", "score", "perplexity", "generate"]
+
+WINDOW_BATCH = 8  # windows evaluated together: big enough to keep matmuls efficient, small in memory
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """Sum of negative log-likelihoods (nats) over ``n_tokens`` scored tokens covering ``n_bytes`` of UTF-8."""
+
+    nll: float
+    n_tokens: int
+    n_bytes: int
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll / self.n_tokens)
+
+    @property
+    def bits_per_byte(self) -> float:
+        """Tokenizer-independent: compare models with different vocabularies with this, not perplexity."""
+        return self.nll / math.log(2) / self.n_bytes
+
+
+def _tokens(tokenizer, text) -> torch.Tensor:
+    if isinstance(text, str):
+        if not text:
+            raise ValueError("text is empty: pass at least two tokens of text to score")
+        ids = tokenizer.encode(text)
+    else:
+        ids = list(text)
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+def _default_ctx(model) -> int:
+    return getattr(getattr(model, "config", None), "max_seq_len", None) or 256
+
+
+@torch.no_grad()
+def score(model, tokenizer, text, ctx: int | None = None, stride: int | None = None,
+          max_tokens: int | None = None, progress: bool = False) -> Score:
+    """Sliding-window negative log-likelihood of ``text`` (a str, or a sequence of token ids).
+
+    ctx: window length in tokens (default model.config.max_seq_len: 128 for qlearn-tiny, 512 for SmolLM2);
+    stride: step between windows (default ctx // 2; must be in 1..ctx);
+    max_tokens: score only the first max_tokens tokens (None: all). Bytes are counted on the decoded
+    scored tokens, so ``bits_per_byte`` compares tokenizers fairly.
+    """
+    ctx = ctx or _default_ctx(model)
+    stride = ctx // 2 if stride is None else stride
+    if not (1 <= stride <= ctx):
+        raise ValueError(f"stride must be in 1..ctx={ctx}, got {stride}")
+    ids = _tokens(tokenizer, text)
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    n = ids.numel()
+    if n < 2:
+        raise ValueError(f"need at least 2 tokens to score, got {n}")
+    # windows: (start, first scored position inside the window)
+    windows, prev_end = [], 0
+    for start in range(0, n, stride):
+        end = min(start + ctx, n)
+        first = max(prev_end - start, 1)  # position 0 of a window has no context to be predicted from
+        if end > prev_end:
+            windows.append((start, end, first))
+        prev_end = end
+        if end == n:
+            break
+    nll, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(windows), desc="perplexity", disable=not progress)
+    for i in range(0, len(windows), WINDOW_BATCH):
+        group = windows[i:i + WINDOW_BATCH]
+        full = [w for w in group if w[1] - w[0] == ctx]
+        rest = [w for w in group if w[1] - w[0] != ctx]
+        for batch in ([full] if full else []) + [[w] for w in rest]:
+            x = torch.stack([ids[s:e] for s, e, _ in batch])      # (B, T)
+            logits = model(x).float()                               # (B, T, V)
+            logp = F.log_softmax(logits[:, :-1], dim=-1)            # predicts positions 1..T-1
+            target = x[:, 1:]
+            tok_nll = -logp.gather(-1, target[..., None])[..., 0]  # (B, T-1)
+            for b, (s, e, first) in enumerate(batch):
+                nll += tok_nll[b, first - 1:].sum().item()
+                count += e - s - first
+        bar.update(len(group))
+    bar.close()
+    model.train(was_training)
+    scored = ids[1:]
+    n_bytes = len(tokenizer.decode(scored.tolist()).encode("utf-8"))
+    return Score(nll=nll, n_tokens=count, n_bytes=n_bytes)
+
+
+def perplexity(model, tokenizer, text, ctx: int | None = None, stride: int | None = None, max_tokens: int | None = None,
+               progress: bool = False) -> float:
+    """exp(mean NLL per token) of ``text`` under ``model``, sliding window (see :func:`score`)."""
+    return score(model, tokenizer, text, ctx=ctx, stride=stride, max_tokens=max_tokens, progress=progress).perplexity
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt: str, max_new_tokens: int = 40, temperature: float = 0.0,
+             top_k: int | None = None, seed: int = 0, ctx: int | None = None, stop_at_eos: bool = True) -> str:
+    """Continue ``prompt``; returns only the new text. temperature 0 is greedy (deterministic).
+
+    ctx: the model sees at most the last ctx tokens (default model.config.max_seq_len).
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    ctx = ctx or _default_ctx(model)
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise ValueError("prompt encodes to no tokens: give a non-empty prompt")
+    g = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    new = []
+    for _ in range(max_new_tokens):
+        x = torch.tensor([(ids + new)[-ctx:]], dtype=torch.int64)
+        logits = model(x)[0, -1].float()
+        if temperature <= 0:
+            nxt = int(logits.argmax())
+        else:
+            logits = logits / temperature
+            if top_k:
+                kth = torch.topk(logits, top_k).values[-1]
+                logits = logits.masked_fill(logits < kth, -math.inf)
+            nxt = int(torch.multinomial(F.softmax(logits, -1), 1, generator=g))
+        if stop_at_eos and nxt == getattr(tokenizer, "eos_id", None):
+            break
+        new.append(nxt)
+    model.train(was_training)
+    return tokenizer.decode(new)

@@ -1,0 +1,209 @@
+"""A Llama-style decoder in plain torch: the architecture of Llama, Mistral and SmolLM.
+
+Module names follow Hugging Face's ``LlamaForCausalLM`` (without the ``model.`` prefix), so what
+you learn here transfers to real checkpoints::
+
+    model.embed_tokens                      nn.Embedding (vocab, dim)
+    model.layers[i].input_layernorm         RMSNorm (dim,)
+    model.layers[i].self_attn.q_proj        nn.Linear dim -> n_heads * head_dim
+    model.layers[i].self_attn.k_proj        nn.Linear dim -> n_kv_heads * head_dim
+    model.layers[i].self_attn.v_proj        nn.Linear dim -> n_kv_heads * head_dim
+    model.layers[i].self_attn.o_proj        nn.Linear n_heads * head_dim -> dim
+    model.layers[i].post_attention_layernorm RMSNorm (dim,)
+    model.layers[i].mlp.gate_proj           nn.Linear dim -> ffn_dim
+    model.layers[i].mlp.up_proj             nn.Linear dim -> ffn_dim
+    model.layers[i].mlp.down_proj           nn.Linear ffn_dim -> dim
+    model.norm                              RMSNorm (dim,)
+    model.lm_head                           nn.Linear dim -> vocab (weight shared with embed_tokens when tied)
+
+Each decoder layer is callable on its own, ``layer(h) -> h`` for ``h: (batch, seq, dim) float32``:
+the causal mask and the rotary positions ``0..seq-1`` are computed inside, so quantization
+algorithms can run a layer at a time on captured hidden states.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["LlamaConfig", "RMSNorm", "Attention", "MLP", "DecoderLayer", "LlamaModel",
+           "rotary_tables", "apply_rotary"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Hyper-parameters of a Llama-style decoder.
+
+    ``rope_style`` picks the rotary layout: ``"half"`` rotates pairs (i, i + head_dim/2) as Hugging
+    Face does; ``"interleaved"`` rotates pairs (2i, 2i+1) as llama.cpp does (GGUF files store Q/K rows
+    permuted for that layout).
+    """
+
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_dim: int
+    rope_base: float = 10000.0
+    rms_eps: float = 1e-5
+    tie_embeddings: bool = True
+    max_seq_len: int = 256
+    rope_style: str = "half"
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim must be a multiple of n_heads, got dim={self.dim}, n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads must be a multiple of n_kv_heads (grouped-query attention), "
+                             f"got n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if self.rope_style not in ("half", "interleaved"):
+            raise ValueError(f"rope_style must be 'half' or 'interleaved', got {self.rope_style!r}")
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight, over the last axis. weight: (dim,) float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight).to(x.dtype)
+
+
+def rotary_tables(seq: int, head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin: (seq, head_dim // 2) float32 for positions 0..seq-1 and frequencies base^(-2i/head_dim)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    angles = torch.arange(seq, dtype=torch.float32, device=device)[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str = "half") -> torch.Tensor:
+    """Rotate x: (batch, heads, seq, head_dim) by position.
+
+    style "half": pairs are (i, i + head_dim/2) (Hugging Face); "interleaved": pairs (2i, 2i+1)
+    (llama.cpp / the original Meta code). cos, sin: (seq, head_dim/2).
+    """
+    if style == "half":
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+class Attention(nn.Module):
+    """Causal grouped-query self-attention with rotary positions (no biases)."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.rope_base, self.rope_style = cfg.rope_base, cfg.rope_style
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (batch, seq, dim) -> (batch, seq, dim)."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)     # (B, nh, T, hd)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        cos, sin = rotary_tables(t, self.head_dim, self.rope_base, device=x.device)
+        q = apply_rotary(q, cos, sin, self.rope_style)
+        k = apply_rotary(k, cos, sin, self.rope_style)
+        group = self.n_heads // self.n_kv_heads
+        if group > 1:  # each KV head serves `group` query heads
+            k = k.repeat_interleave(group, dim=1)
+            v = v.repeat_interleave(group, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down_proj(silu(gate_proj(x)) * up_proj(x))."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: h + attn(norm(h)), then h + mlp(norm(h)). h: (batch, seq, dim) float32."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.rms_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.rms_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = h + self.self_attn(self.input_layernorm(h))
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nn.Module):
+    """Embedding, decoder layers, final norm and LM head. ``model(tokens) -> logits``.
+
+    tokens: (batch, seq) int64 -> logits: (batch, seq, vocab) float32.
+    """
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.n_layers)])
+        self.norm = RMSNorm(cfg.dim, cfg.rms_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def init_weights(self, seed: int = 0) -> "LlamaModel":
+        """GPT-2 style init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 n_layers)."""
+        g = torch.Generator().manual_seed(seed)
+        std = 0.02  # GPT-2/Llama default; keeps initial logits near uniform
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if p.ndim == 2:
+                    s = std / math.sqrt(2 * self.config.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+                    p.copy_(torch.randn(p.shape, generator=g) * s)
+                else:
+                    p.fill_(1.0)
+        return self
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be (batch, seq) int64, got shape {tuple(tokens.shape)} "
+                             f"(add a batch axis with tokens[None])")
+        h = self.embed_tokens(tokens)
+        for layer in self.layers:
+            h = layer(h)
+        return self.lm_head(self.norm(h))
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (a tied embedding counts once)."""
+        return sum(p.numel() for p in self.parameters())
