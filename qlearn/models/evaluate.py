@@ -61,12 +61,12 @@ def score(model, tokenizer, text, ctx: int | None = None, stride: int | None = N
     """Sliding-window negative log-likelihood of ``text`` (a str, or a sequence of token ids).
 
     ctx: window length in tokens (default model.config.max_seq_len: 128 for qlearn-tiny, 512 for SmolLM2);
-    stride: step between windows (default ctx // 2; must be in 1..ctx);
+    stride: step between windows (default ctx: disjoint windows, the cheapest; must be in 1..ctx);
     max_tokens: score only the first max_tokens tokens (None: all). Bytes are counted on the decoded
     scored tokens, so ``bits_per_byte`` compares tokenizers fairly.
     """
     ctx = ctx or _default_ctx(model)
-    stride = ctx // 2 if stride is None else stride
+    stride = ctx if stride is None else stride
     if not (1 <= stride <= ctx):
         raise ValueError(f"stride must be in 1..ctx={ctx}, got {stride}")
     ids = _tokens(tokenizer, text)
