@@ -268,7 +268,7 @@ def test_smollm2_qk_layouts_agree(smol):
         hf_raw.load_state_dict(keep)
         assert not torch.allclose(hf_raw(x), a, atol=1e-2)
     q0 = state["layers.0.self_attn.q_proj.weight"]
-    np.testing.assert_array_equal(unpermute_qk(q0, cfg.n_heads), m.layers[0].self_attn.q_proj.weight.numpy())
+    np.testing.assert_array_equal(unpermute_qk(q0, cfg.n_heads), m.layers[0].self_attn.q_proj.weight.detach().numpy())
 
 
 def test_smollm2_beats_tiny_per_byte(smol, tiny):
