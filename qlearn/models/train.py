@@ -13,10 +13,12 @@ The shipped run (defaults: 700 steps x 8 sequences x 128 tokens = 717k tokens, a
 1.58 M-token training stream, seed 0, one thread) took 2068 s of wall time (``train_seconds`` in the
 safetensors metadata) on this project's 2-core CPU while it was shared with other jobs (load average
 ~9 on 2 cores, and a second training run beside it); steps took 1.0 s each when the machine was
-quieter, so an idle 2-core machine needs roughly 12 minutes. Training runs on one thread, so a rerun
-with the same torch build should give bit-identical weights (the tokenizer training is deterministic
-too). Stated tolerance for other torch versions or CPUs, where float sums may round differently: the
-validation perplexity of the rerun within 3 % of the shipped model's (not measured on another build).
+quieter. A documented rerun (``python -m qlearn.models.train --out /tmp/repro``, same machine, load
+average ~7) took 662 s and reproduced every shipped tensor bit for bit, and the tokenizer and
+validation files byte for byte (only ``train_seconds`` in the metadata differs). Training runs on one
+thread, which is what makes that possible. Stated tolerance for other torch versions or CPUs, where
+float sums may round differently: validation perplexity within 3 % of the shipped model's (not
+measured on another build).
 """
 
 from __future__ import annotations
