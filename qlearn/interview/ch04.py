@@ -8,15 +8,20 @@ from qlearn import calibration
 from qlearn.interview import question
 
 
+OUTLIER_SCALE = 40  # how much larger the outlier channel is
+N_CHANNELS = 64
+CALIB_SIZES = (16, 128, 1024)
+
+
 def _outlier_data():
-    x = np.random.default_rng(0).laplace(size=(4096, 64))
-    x[:, 7] *= 40  # one outlier channel, as in LLM activations
+    x = np.random.default_rng(0).laplace(size=(4096, N_CHANNELS))
+    x[:, 7] *= OUTLIER_SCALE  # one outlier channel, as in LLM activations
     return x
 
 
 def _mm_vs_pct():
     x = _outlier_data()
-    out = {}
+    out = {"scale": OUTLIER_SCALE, "n_ord": N_CHANNELS - 1}
     for name, r in (("mm", calibration.minmax(x)), ("pct", calibration.percentile(x, 99.9))):
         for bits in (8, 4):
             out[f"{name}{bits}"] = calibration.sqnr_db(x, calibration.fake_quantize_range(x, r, bits))
@@ -28,9 +33,9 @@ def _mm_vs_pct():
 
 
 question(id="ch04.minmax_outlier", chapter="ch04", difficulty="medium", tags=("calibration", "outliers"),
-         question="Activations have one channel 40x larger than the rest. Why does a min-max range hurt, "
+         question="Activations have one channel tens of times larger than the rest. Why does a min-max range hurt, "
                   "and what does a percentile clip change?",
-         answer="The min-max step is set by the outlier, so the 63 ordinary channels get only a few levels: their "
+         answer="With one channel {scale}x larger (Laplace data), the min-max step is set by the outlier, so the {n_ord} ordinary channels get only a few levels: their "
                 "own SQNR is {bulk8:.2f} dB at 8 bits and {bulk4:.2f} dB at 4 bits. Over the whole tensor min-max "
                 "gives {mm8:.2f} / {mm4:.2f} dB (8 / 4 bits); the 99.9th-percentile clip gives {pct8:.2f} / "
                 "{pct4:.2f} dB. The whole-tensor SQNR is dominated by the outlier's energy, which is why the "
@@ -65,17 +70,19 @@ def _tiny_down_inputs():
 def _calib_size():
     x, W = _tiny_down_inputs()
     calib, test = x[:1024], x[1024:]
-    res = calibration.error_vs_calibration_size(calib, test, [16, 128, 1024], method="percentile", bits=8, W=W)
-    r_mm = calibration.error_vs_calibration_size(calib, test, [16, 1024], method="minmax", bits=8, W=W)
-    return {"p16": res["sqnr_db"][0], "p128": res["sqnr_db"][1], "p1024": res["sqnr_db"][2],
+    res = calibration.error_vs_calibration_size(calib, test, list(CALIB_SIZES), method="percentile", bits=8, W=W)
+    r_mm = calibration.error_vs_calibration_size(calib, test, [CALIB_SIZES[0], CALIB_SIZES[-1]], method="minmax",
+                                                 bits=8, W=W)
+    return {"n0": CALIB_SIZES[0], "n1": CALIB_SIZES[1], "n2": CALIB_SIZES[2], "n_test": len(test),
+            "p16": res["sqnr_db"][0], "p128": res["sqnr_db"][1], "p1024": res["sqnr_db"][2],
             "m16": r_mm["sqnr_db"][0], "m1024": r_mm["sqnr_db"][1]}
 
 
 question(id="ch04.calib_tokens", chapter="ch04", difficulty="medium", tags=("calibration", "data"),
          question="How many calibration tokens do you need to set an 8-bit activation range?",
          answer="Measure it: on qlearn-tiny's layer-2 down_proj input (99.99th percentile observer, judged by the "
-                "layer output SQNR on 1024 held-out tokens) 16 tokens give {p16:.2f} dB, 128 give {p128:.2f} dB "
-                "and 1024 give {p1024:.2f} dB; min-max goes from {m16:.2f} to {m1024:.2f} dB. Too few tokens miss "
+                "layer output SQNR on {n_test} held-out tokens) {n0} tokens give {p16:.2f} dB, {n1} give {p128:.2f} dB "
+                "and {n2} give {p1024:.2f} dB; min-max goes from {m16:.2f} to {m1024:.2f} dB. Too few tokens miss "
                 "the rare large values, so the range is too tight and held-out tokens clip.",
          follow_ups=("Why do GPTQ/AWQ papers use 128 sequences of 2048 tokens if a few hundred suffice here?",),
          compute=_calib_size)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 __all__ = ["Score", "score", "perplexity", "generate"]
 
-WINDOW_BATCH = 8  # windows evaluated together: big enough to keep matmuls efficient, small in memory
+WINDOW_BATCH_TOKENS = 4096  # tokens per forward pass: big matmuls, yet logits (tokens x vocab) stay < 1 GB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +61,12 @@ def score(model, tokenizer, text, ctx: int | None = None, stride: int | None = N
     """Sliding-window negative log-likelihood of ``text`` (a str, or a sequence of token ids).
 
     ctx: window length in tokens (default model.config.max_seq_len: 128 for qlearn-tiny, 512 for SmolLM2);
-    stride: step between windows (default ctx // 2; must be in 1..ctx);
+    stride: step between windows (default ctx: disjoint windows, the cheapest; must be in 1..ctx);
     max_tokens: score only the first max_tokens tokens (None: all). Bytes are counted on the decoded
     scored tokens, so ``bits_per_byte`` compares tokenizers fairly.
     """
     ctx = ctx or _default_ctx(model)
-    stride = ctx // 2 if stride is None else stride
+    stride = ctx if stride is None else stride
     if not (1 <= stride <= ctx):
         raise ValueError(f"stride must be in 1..ctx={ctx}, got {stride}")
     ids = _tokens(tokenizer, text)
@@ -89,16 +89,16 @@ def score(model, tokenizer, text, ctx: int | None = None, stride: int | None = N
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(windows), desc="perplexity", disable=not progress)
-    for i in range(0, len(windows), WINDOW_BATCH):
-        group = windows[i:i + WINDOW_BATCH]
+    per_batch = max(1, WINDOW_BATCH_TOKENS // ctx)
+    for i in range(0, len(windows), per_batch):
+        group = windows[i:i + per_batch]
         full = [w for w in group if w[1] - w[0] == ctx]
         rest = [w for w in group if w[1] - w[0] != ctx]
         for batch in ([full] if full else []) + [[w] for w in rest]:
             x = torch.stack([ids[s:e] for s, e, _ in batch])      # (B, T)
-            logits = model(x).float()                               # (B, T, V)
-            logp = F.log_softmax(logits[:, :-1], dim=-1)            # predicts positions 1..T-1
-            target = x[:, 1:]
-            tok_nll = -logp.gather(-1, target[..., None])[..., 0]  # (B, T-1)
+            logits = model(x)[:, :-1].float()                       # (B, T-1, V): predicts positions 1..T-1
+            tok_nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
+                                      reduction="none").view(len(batch), -1)  # (B, T-1)
             for b, (s, e, first) in enumerate(batch):
                 nll += tok_nll[b, first - 1:].sum().item()
                 count += e - s - first
