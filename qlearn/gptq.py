@@ -41,8 +41,8 @@ import torch
 
 __all__ = [
     "Hessian", "hessian", "GPTQResult", "find_params", "rtn_quantize", "gptq_quantize",
-    "dequantize", "relative_output_error", "pack_autogptq", "unpack_autogptq",
-    "save_autogptq", "load_autogptq",
+    "dequantize", "relative_output_error", "synthetic_layer", "pack_autogptq",
+    "unpack_autogptq", "save_autogptq", "load_autogptq",
 ]
 
 MIN_BITS, MAX_BITS = 2, 8        # codes are stored in uint8 and packed into int32 words
@@ -243,13 +243,23 @@ def rtn_quantize(W, bits: int = 4, group_size: int = -1, sym: bool = True) -> GP
                       None, bits, group_size, bool(sym))
 
 
-def relative_output_error(X, W, Q) -> float:
-    """``||X W^T - X Q^T||_F^2 / ||X W^T||_F^2`` computed in float64; X (n, in), W/Q (out, in)."""
-    X = np.asarray(X.detach() if isinstance(X, torch.Tensor) else X, dtype=np.float64)
-    W = np.asarray(W.detach() if isinstance(W, torch.Tensor) else W, dtype=np.float64)
-    Q = np.asarray(Q.detach() if isinstance(Q, torch.Tensor) else Q, dtype=np.float64)
+def relative_output_error(X, W, Q, *, gram=None) -> float:
+    """``||X W^T - X Q^T||_F^2 / ||X W^T||_F^2`` in float64; X (n, in), W/Q (out, in).
+
+    Pass ``gram = X^T X`` ((in, in) float64) instead of X to reuse it across many Q (same value,
+    computed as ``sum(D * (D @ gram))`` with ``D = W - Q``).
+    """
+    def f64(a):
+        return np.asarray(a.detach().numpy() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
+
+    W, Q = f64(W), f64(Q)
+    D = W - Q
+    if gram is not None:
+        G = f64(gram)
+        return float(np.sum(D * (D @ G)) / np.sum(W * (W @ G)))
+    X = f64(X)
     Y = X @ W.T
-    return float(np.sum((Y - X @ Q.T) ** 2) / np.sum(Y ** 2))
+    return float(np.sum((X @ D.T) ** 2) / np.sum(Y ** 2))
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,3 +448,149 @@ def _run_sweep(sweep, W1, Hinv1, scale_tab, zero_tab, col_group, maxq, codes1, E
         sweep(W1.numpy(), np.ascontiguousarray(Hinv1.numpy()), scale_tab.numpy(), zero_tab.numpy(),
               np.asarray(col_group, dtype=np.int64), np.float32(maxq), codes1.numpy(),
               Err1.numpy(), losses1.numpy())
+
+
+def synthetic_layer(seed: int = 1, out_features: int = 512, in_features: int = 1024,
+                    n_tokens: int = 2048, n_outliers: int = 10, outlier_factor: float = 10.0):
+    """The oracle's seeded test layer: Gaussian W and X with a few loud input channels.
+
+    Recipe (``numpy.random.default_rng(seed)``): ``W = standard_normal((out, in)) float32 / sqrt(in)``,
+    then ``X = standard_normal((n_tokens, in)) float32``, then ``outliers = sorted(choice(in,
+    n_outliers, replace=False))`` and ``X[:, outliers] *= outlier_factor``. The defaults give the
+    "medium" oracle layer; ``seed=0, out=64, in=128, n_tokens=512, n_outliers=0`` gives "small".
+    Returns ``W (out, in) float32, X (n_tokens, in) float32, outliers (n_outliers,) int64``.
+    """
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((out_features, in_features)).astype(np.float32) / np.float32(np.sqrt(in_features))
+    X = rng.standard_normal((n_tokens, in_features)).astype(np.float32)
+    outliers = np.sort(rng.choice(in_features, n_outliers, replace=False)) if n_outliers else np.zeros(0, np.int64)
+    X[:, outliers] *= np.float32(outlier_factor)
+    return W, X, outliers
+
+
+# --------------------------------------------------------------------------------------------
+# 4. The AutoGPTQ / transformers checkpoint layout
+# --------------------------------------------------------------------------------------------
+# qweight (in*bits/32, out) int32: codes packed along the INPUT dimension.
+# qzeros  (n_groups, out*bits/32) int32: zero points packed along the OUTPUT dimension; the
+#         original "gptq" format stores zero - 1 (kernels add the 1 back), "gptq_v2" stores zero.
+# scales  (n_groups, out) float16.   g_idx (in,) int32.
+# Every run of 32 codes is a little-endian bit stream of 32*bits bits cut into `bits` words:
+# code k occupies bits [bits*k, bits*k + bits) of the stream (for 3 bits, codes 10 and 21 straddle
+# two words).
+
+PACK_FORMATS = ("gptq", "gptq_v2")
+
+
+def _pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack ``values: (n, m)`` (each < 2^bits) along axis 0 into ``(n*bits/32, m)`` uint32."""
+    n, m = values.shape
+    v = values.astype(np.uint64).reshape(n // PACK_CHUNK, PACK_CHUNK, m)
+    words = np.zeros((n // PACK_CHUNK, bits, m), dtype=np.uint64)
+    for k in range(PACK_CHUNK):
+        word, shift = divmod(bits * k, PACK_WORD_BITS)
+        words[:, word] |= (v[:, k] << np.uint64(shift)) & np.uint64(0xFFFFFFFF)
+        if shift + bits > PACK_WORD_BITS:  # the code spills into the next word
+            words[:, word + 1] |= v[:, k] >> np.uint64(PACK_WORD_BITS - shift)
+    return words.reshape(n // PACK_CHUNK * bits, m).astype(np.uint32)
+
+
+def _unpack_rows(words: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of :func:`_pack_rows`: ``(n*bits/32, m)`` uint32 -> ``(n, m)`` uint32."""
+    w = words.astype(np.uint64).reshape(-1, bits, words.shape[1])
+    mask = np.uint64(2 ** bits - 1)
+    out = np.zeros((w.shape[0], PACK_CHUNK, w.shape[2]), dtype=np.uint64)
+    for k in range(PACK_CHUNK):
+        word, shift = divmod(bits * k, PACK_WORD_BITS)
+        v = w[:, word] >> np.uint64(shift)
+        if shift + bits > PACK_WORD_BITS:
+            v |= w[:, word + 1] << np.uint64(PACK_WORD_BITS - shift)
+        out[:, k] = v & mask
+    return out.reshape(-1, w.shape[2]).astype(np.uint32)
+
+
+def pack_autogptq(result: GPTQResult, format: str = "gptq",
+                  scales_dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """Pack a :class:`GPTQResult` into the AutoGPTQ checkpoint tensors.
+
+    Returns ``{"qweight": (in*bits/32, out) int32, "qzeros": (n_groups, out*bits/32) int32,
+    "scales": (n_groups, out) float16, "g_idx": (in,) int32}``. ``format="gptq"`` (AutoGPTQ's
+    default, what transformers loads) stores ``zero - 1``; ``"gptq_v2"`` stores the zero itself.
+    in_features and out_features must be multiples of 32.
+    """
+    if format not in PACK_FORMATS:
+        raise ValueError(f"format must be one of {PACK_FORMATS}, got {format!r}")
+    out, cols = result.codes.shape
+    bits = result.bits
+    if cols % PACK_CHUNK or out % PACK_CHUNK:
+        raise ValueError(f"AutoGPTQ packs 32 codes at a time: in_features and out_features must be "
+                         f"multiples of {PACK_CHUNK}, got ({out}, {cols}) (pad the layer)")
+    zeros = result.zeros.detach().numpy().astype(np.int64)
+    if format == "gptq":
+        if (zeros == 0).any():
+            raise ValueError("a zero point of 0 cannot be stored in the 'gptq' (v1) format, which "
+                             "stores zero - 1; use format='gptq_v2' (or sym=True)")
+        zeros = zeros - 1
+    qweight = _pack_rows(result.codes.numpy().T.astype(np.uint32), bits)          # along in
+    qzeros = _pack_rows(zeros.astype(np.uint32), bits).T                           # along out
+    return {
+        "qweight": torch.from_numpy(qweight.view(np.int32).copy()),
+        "qzeros": torch.from_numpy(np.ascontiguousarray(qzeros).view(np.int32).copy()),
+        "scales": result.scales.T.contiguous().to(scales_dtype),
+        "g_idx": result.g_idx.to(torch.int32).clone(),
+    }
+
+
+def unpack_autogptq(packed: dict[str, torch.Tensor], format: str = "gptq") -> GPTQResult:
+    """Inverse of :func:`pack_autogptq` (bits inferred from the shapes); scales come back as float32."""
+    if format not in PACK_FORMATS:
+        raise ValueError(f"format must be one of {PACK_FORMATS}, got {format!r}")
+    missing = {"qweight", "qzeros", "scales", "g_idx"} - set(packed)
+    if missing:
+        raise ValueError(f"packed dict must have qweight, qzeros, scales and g_idx, missing {sorted(missing)}")
+    qweight, qzeros = packed["qweight"].numpy(), packed["qzeros"].numpy()
+    g_idx = packed["g_idx"].to(torch.int32)
+    cols, out = g_idx.shape[0], qweight.shape[1]
+    bits = qweight.shape[0] * PACK_CHUNK // cols
+    if not MIN_BITS <= bits <= MAX_BITS or qweight.shape[0] * PACK_CHUNK != bits * cols:
+        raise ValueError(f"qweight shape {qweight.shape} does not fit g_idx of length {cols} "
+                         f"at any bit width {MIN_BITS}..{MAX_BITS}")
+    codes = _unpack_rows(qweight.view(np.uint32), bits).T
+    zeros = _unpack_rows(np.ascontiguousarray(qzeros.view(np.uint32).T), bits).astype(np.int64)
+    if format == "gptq":
+        zeros = zeros + 1
+    scales = packed["scales"].to(torch.float32).T.contiguous()
+    zeros = torch.from_numpy(zeros.astype(np.float32))
+    codes = torch.from_numpy(np.ascontiguousarray(codes).astype(np.uint8))
+    n_groups = scales.shape[1]
+    group_size = -1 if n_groups == 1 else cols // n_groups
+    return GPTQResult(codes, scales, zeros, g_idx, None, dequantize(codes, scales, zeros, g_idx),
+                      None, bits, group_size, False)
+
+
+def save_autogptq(path, tensors: dict[str, dict[str, torch.Tensor]], bits: int, group_size: int,
+                  sym: bool, desc_act: bool) -> None:
+    """Save packed layers ``{"layers.0.mlp.up_proj": pack_autogptq(...)}`` as one safetensors file.
+
+    Tensor names follow transformers: ``<layer>.qweight`` etc.; the quantize config goes into
+    the file's metadata.
+    """
+    from safetensors.torch import save_file
+
+    flat = {f"{name}.{k}": v.contiguous() for name, packed in tensors.items() for k, v in packed.items()}
+    meta = {"quant_method": "gptq", "bits": str(bits), "group_size": str(group_size),
+            "sym": str(bool(sym)).lower(), "desc_act": str(bool(desc_act)).lower()}
+    save_file(flat, str(path), metadata=meta)
+
+
+def load_autogptq(path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+    """Read a file written by :func:`save_autogptq`: ``({layer: packed dict}, metadata)``."""
+    from safetensors import safe_open
+
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        for key in f.keys():
+            name, _, part = key.rpartition(".")
+            layers.setdefault(name, {})[part] = f.get_tensor(key)
+    return layers, meta

@@ -1,0 +1,281 @@
+"""GPTQ and RTN against the IST-DASLab/gptq oracle (tests/data/gptq, see README there)."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from qlearn import gptq
+
+
+
+@pytest.fixture(scope="module")
+def small(data_dir):
+    d = np.load(data_dir / "gptq" / "gptq_small.npz")
+    W, X = torch.from_numpy(d["W"]), torch.from_numpy(d["X"])
+    return d, W, X, gptq.hessian(X)
+
+
+@pytest.fixture(scope="module")
+def medium(data_dir):
+    d = np.load(data_dir / "gptq" / "gptq_medium.npz")
+    W, X, outliers = gptq.synthetic_layer()   # the documented recipe; the oracle stores checksums
+    assert hashlib.sha256(W.tobytes()).hexdigest() == str(d["W_sha256"])
+    assert hashlib.sha256(X.tobytes()).hexdigest() == str(d["X_sha256"])
+    np.testing.assert_array_equal(outliers, d["outlier_channels"])
+    W, X = torch.from_numpy(W), torch.from_numpy(X)
+    return d, W, X, gptq.hessian(X)
+
+
+def _run(d, W, H, i, backend="numba"):
+    bits, gs, act, sym, static, bs = (int(v) for v in d["settings"][i])
+    return gptq.gptq_quantize(W, H, bits=bits, group_size=gs, sym=bool(sym), act_order=bool(act),
+                              static_groups=bool(static), blocksize=bs, backend=backend)
+
+
+def _check_against_oracle(d, W, X, r, i):
+    k = f"{i:02d}"
+    gs = int(d["settings"][i][1])
+    rows = int(d["codes_rows"]) if "codes_rows" in d.files else W.shape[0]
+    ref_codes = d[f"codes_{k}"]
+    got = r.codes.numpy()[:rows]
+    assert got.dtype == np.uint8 and r.codes.shape == W.shape
+    assert (got == ref_codes).mean() >= 0.999
+    assert np.abs(got.astype(int) - ref_codes.astype(int)).max() <= 2
+    for name in ("scales", "zeros"):
+        ref, mine = d[f"{name}_{k}"], getattr(r, name).numpy()
+        assert mine.shape == ref.shape
+        close = np.isclose(mine, ref, rtol=1e-5, atol=0).mean()
+        assert close == 1.0 if gs == -1 else close >= 0.99, (name, close)
+    np.testing.assert_array_equal(r.g_idx.numpy(), d[f"g_idx_{k}"])
+    assert r.g_idx.dtype == torch.int32
+    if f"perm_{k}" in d.files:
+        np.testing.assert_array_equal(r.perm.numpy(), d[f"perm_{k}"])
+    else:
+        assert r.perm is None
+    err = gptq.relative_output_error(X, W, r.Q)
+    assert err == pytest.approx(d["err_gptq"][i], rel=1e-3)
+    assert r.loss == pytest.approx(d["gptq_loss"][i], rel=1e-3)
+    # Q is exactly the AutoGPTQ dequantization formula
+    g = r.g_idx.long()
+    torch.testing.assert_close(r.Q, r.scales[:, g] * (r.codes.float() - r.zeros[:, g]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("i", range(80))
+def test_small_matches_reference(small, i):
+    d, W, X, H = small
+    _check_against_oracle(d, W, X, _run(d, W, H, i), i)
+
+
+@pytest.mark.parametrize("i", range(64))
+def test_medium_matches_reference(medium, i):
+    d, W, X, H = medium
+    _check_against_oracle(d, W, X, _run(d, W, H, i), i)
+
+
+@pytest.mark.parametrize("i", [0, 13, 21, 30, 47, 50, 70, 79])
+def test_numba_and_torch_backends_agree_bitwise(small, i):
+    d, W, X, H = small
+    a, b = _run(d, W, H, i, "numba"), _run(d, W, H, i, "torch")
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.scales, b.scales)
+    assert torch.equal(a.zeros, b.zeros) and torch.equal(a.Q, b.Q)
+
+
+def test_backends_agree_bitwise_medium(medium):
+    d, W, X, H = medium
+    a = gptq.gptq_quantize(W, H, 3, 32, sym=False, act_order=True, backend="numba")
+    b = gptq.gptq_quantize(W, H, 3, 32, sym=False, act_order=True, backend="torch")
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.scales, b.scales)
+
+
+def test_rtn_small_exact(small):
+    d, W, X, H = small
+    for j, (bits, gs, sym) in enumerate(d["rtn_settings"]):
+        r = gptq.rtn_quantize(W, int(bits), int(gs), bool(sym))
+        np.testing.assert_array_equal(r.codes.numpy(), d[f"rtn_codes_{j:02d}"])
+        np.testing.assert_allclose(r.scales.numpy(), d[f"rtn_scales_{j:02d}"], rtol=1e-6, atol=0)
+        np.testing.assert_allclose(r.zeros.numpy(), d[f"rtn_zeros_{j:02d}"], rtol=1e-6, atol=0)
+        assert gptq.relative_output_error(X, W, r.Q) == pytest.approx(d["err_rtn_table"][j], rel=1e-6)
+
+
+def test_rtn_medium_err_exact(medium):
+    d, W, X, H = medium
+    for j, (bits, gs, sym) in enumerate(d["rtn_settings"]):
+        r = gptq.rtn_quantize(W, int(bits), int(gs), bool(sym))
+        assert gptq.relative_output_error(X, W, r.Q) == pytest.approx(d["err_rtn_table"][j], rel=1e-6)
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+@pytest.mark.parametrize("gs", [-1, 32, 128])
+@pytest.mark.parametrize("sym", [True, False])
+def test_gptq_beats_rtn_on_outlier_layer(medium, bits, gs, sym):
+    d, W, X, H = medium
+    rtn = gptq.relative_output_error(X, W, gptq.rtn_quantize(W, bits, gs, sym).Q)
+    plain = gptq.relative_output_error(X, W, gptq.gptq_quantize(W, H, bits, gs, sym).Q)
+    act = gptq.relative_output_error(X, W, gptq.gptq_quantize(W, H, bits, gs, sym, act_order=True).Q)
+    assert plain <= 0.80 * rtn
+    assert act <= 0.70 * rtn
+
+
+def test_hessian_running_rescale_and_3d_batches():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((4, 16, 24)).astype(np.float32)    # 4 sequences of 16 tokens
+    acc = gptq.Hessian(24)
+    acc.add_batch(X[:1])
+    acc.add_batch(X[1:])
+    assert acc.nsamples == 4
+    flat = X.reshape(-1, 24).astype(np.float64)
+    np.testing.assert_allclose(acc.H.numpy(), 2 / 4 * flat.T @ flat, rtol=1e-5, atol=1e-4)
+    # a 2-D input counts as one sample, exactly as one reference add_batch call
+    X2 = torch.from_numpy(X[0])
+    inp = np.sqrt(2.0) * X2.t()
+    torch.testing.assert_close(gptq.hessian(X2), inp.matmul(inp.t()), rtol=0, atol=0)
+
+
+def test_hessian_scale_does_not_change_result(small):
+    d, W, X, H = small
+    a = gptq.gptq_quantize(W, H, 4, 32)
+    b = gptq.gptq_quantize(W, H * 4, 4, 32)   # a power of two rescale is exact in float
+    assert torch.equal(a.codes, b.codes)
+
+
+def test_dead_input_channel_gets_zero_weight(small):
+    d, W, X, H = small
+    X = X.clone()
+    X[:, 5] = 0
+    r = gptq.gptq_quantize(W, gptq.hessian(X), 4, -1)
+    assert torch.all(r.Q[:, 5] == 0)
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+def test_bad_input_errors(small):
+    d, W, X, H = small
+    with pytest.raises(ValueError, match="square"):
+        gptq.gptq_quantize(W, H[:, :10])
+    with pytest.raises(ValueError, match=r"\(128, 128\) to match"):
+        gptq.gptq_quantize(W, H[:64, :64])
+    Wn = W.clone(); Wn[3, 3] = float("nan")
+    with pytest.raises(ValueError, match="W must be finite"):
+        gptq.gptq_quantize(Wn, H)
+    with pytest.raises(ValueError, match="W must be finite"):
+        gptq.rtn_quantize(Wn, 4, -1, True)
+    Hn = H.clone(); Hn[0, 1] = float("inf")
+    with pytest.raises(ValueError, match="H must be finite"):
+        gptq.gptq_quantize(W, Hn)
+    with pytest.raises(ValueError, match="empty calibration"):
+        gptq.hessian(torch.zeros(0, 128))
+    with pytest.raises(ValueError, match="empty calibration"):
+        gptq.Hessian(128).H
+    with pytest.raises(ValueError, match="empty calibration"):
+        gptq.gptq_quantize(W, torch.zeros(128, 128))
+    with pytest.raises(ValueError, match="positive divisor of in_features=128"):
+        gptq.gptq_quantize(W, H, group_size=48)
+    with pytest.raises(ValueError, match="positive divisor"):
+        gptq.rtn_quantize(W, 4, 0, True)
+    for bits in (1, 9, 4.0):
+        with pytest.raises(ValueError, match=r"bits must be an integer in \[2, 8\]"):
+            gptq.gptq_quantize(W, H, bits=bits)
+    with pytest.raises(ValueError, match="floating point"):
+        gptq.gptq_quantize(W.to(torch.int32), H)
+    with pytest.raises(ValueError, match=r"\(n_tokens, 128\)"):
+        gptq.Hessian(128).add_batch(torch.zeros(4, 64))
+    Xn = X.clone(); Xn[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="X must be finite"):
+        gptq.hessian(Xn)
+
+
+def test_not_positive_definite_names_the_fix():
+    W = torch.ones(4, 2)
+    H = torch.tensor([[1.0, 2.0], [2.0, 1.0]])            # eigenvalues 3 and -1
+    with pytest.raises(ValueError, match="calibration tokens.*larger percdamp"):
+        gptq.gptq_quantize(W, H, bits=4)
+
+
+# --- AutoGPTQ packing ----------------------------------------------------------------------------
+
+def _random_result(rng, bits, out, cols, gs, sym):
+    W = torch.from_numpy(rng.standard_normal((out, cols)).astype(np.float32))
+    return gptq.rtn_quantize(W, bits, gs, sym)
+
+
+@settings(max_examples=25, deadline=None)
+@given(bits=st.sampled_from([2, 3, 4, 8]), out=st.sampled_from([32, 64, 96]),
+       cols=st.sampled_from([32, 64, 128]), gs=st.sampled_from([-1, 32]), sym=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_pack_unpack_roundtrip(bits, out, cols, gs, sym, seed):
+    r = _random_result(np.random.default_rng(seed), bits, out, cols, gs, sym)
+    n_groups = r.scales.shape[1]
+    fmt = "gptq" if bool((r.zeros > 0).all()) else "gptq_v2"
+    p = gptq.pack_autogptq(r, format=fmt)
+    assert p["qweight"].dtype == torch.int32 and p["qweight"].shape == (cols * bits // 32, out)
+    assert p["qzeros"].dtype == torch.int32 and p["qzeros"].shape == (n_groups, out * bits // 32)
+    assert p["scales"].dtype == torch.float16 and p["scales"].shape == (n_groups, out)
+    assert p["g_idx"].dtype == torch.int32 and p["g_idx"].shape == (cols,)
+    u = gptq.unpack_autogptq(p, format=fmt)
+    assert u.bits == bits
+    assert torch.equal(u.codes, r.codes) and torch.equal(u.zeros, r.zeros) and torch.equal(u.g_idx, r.g_idx)
+    assert torch.equal(u.scales, r.scales.half().float())
+    # with float32 scales the round trip is exact for everything
+    u32 = gptq.unpack_autogptq(gptq.pack_autogptq(r, format=fmt, scales_dtype=torch.float32), format=fmt)
+    assert torch.equal(u32.scales, r.scales) and torch.equal(u32.Q, r.Q)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_pack_bit_layout_independent(bits):
+    """Code k of each run of 32 input channels sits at bit bits*k of a little-endian stream."""
+    rng = np.random.default_rng(bits)
+    r = _random_result(rng, bits, 32, 64, -1, True)
+    p = gptq.pack_autogptq(r)
+    words = p["qweight"].numpy().view(np.uint32)
+    for o in (0, 7, 31):
+        for chunk in range(2):
+            stream = sum(int(words[chunk * bits + w, o]) << (32 * w) for w in range(bits))
+            expect = sum(int(r.codes[o, chunk * 32 + k]) << (bits * k) for k in range(32))
+            assert stream == expect
+    # the v1 format stores zero - 1 along the output dimension
+    zwords = p["qzeros"].numpy().view(np.uint32)
+    stream = sum(int(zwords[0, w]) << (32 * w) for w in range(bits))
+    expect = sum((int(r.zeros[o, 0]) - 1) << (bits * o) for o in range(32))
+    assert stream == expect
+
+
+def test_pack_4bit_known_word():
+    codes = torch.arange(8, dtype=torch.uint8).repeat(32, 4)        # (32, 32): 0..7 repeated
+    r = gptq.GPTQResult(codes, torch.ones(32, 1), torch.full((32, 1), 8.0),
+                        torch.zeros(32, dtype=torch.int32), None, torch.zeros(32, 32), None, 4, -1, True)
+    p = gptq.pack_autogptq(r)
+    assert p["qweight"].shape == (4, 32)
+    assert int(p["qweight"][0, 0]) == 0x76543210
+    assert int(p["qzeros"][0, 0]) == 0x77777777                    # zero 8 stored as 7
+
+
+def test_pack_errors():
+    r = _random_result(np.random.default_rng(0), 4, 32, 48, -1, True)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        gptq.pack_autogptq(r)
+    r = _random_result(np.random.default_rng(0), 4, 32, 64, -1, False)
+    r.zeros[0, 0] = 0
+    with pytest.raises(ValueError, match="gptq_v2"):
+        gptq.pack_autogptq(r, format="gptq")
+    with pytest.raises(ValueError, match="format"):
+        gptq.pack_autogptq(r, format="awq")
+
+
+def test_save_load_safetensors(tmp_path, small):
+    d, W, X, H = small
+    r = gptq.gptq_quantize(W, H, 4, 32, act_order=True)
+    p = gptq.pack_autogptq(r)
+    path = tmp_path / "model.safetensors"
+    gptq.save_autogptq(path, {"layers.0.mlp.up_proj": p}, bits=4, group_size=32, sym=True, desc_act=True)
+    layers, meta = gptq.load_autogptq(path)
+    assert meta["bits"] == "4" and meta["desc_act"] == "true"
+    q = layers["layers.0.mlp.up_proj"]
+    for k in p:
+        assert torch.equal(q[k], p[k])
+    u = gptq.unpack_autogptq(q)
+    assert torch.equal(u.codes, r.codes)
+    torch.testing.assert_close(u.Q, gptq.dequantize(r.codes, r.scales.half().float(), r.zeros, r.g_idx),
+                               rtol=0, atol=0)
