@@ -596,3 +596,68 @@ def load_autogptq(path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, s
             name, _, part = key.rpartition(".")
             layers.setdefault(name, {})[part] = f.get_tensor(key)
     return layers, meta
+
+
+# --------------------------------------------------------------------------------------------
+# 5. A whole model, layer by layer
+# --------------------------------------------------------------------------------------------
+
+def _adapters():
+    try:
+        from qlearn import adapters
+    except ImportError:  # until helper "models" lands on main; same contract
+        from qlearn import _gptq_adapters_fallback as adapters
+    return adapters
+
+
+@torch.no_grad()
+def gptq_model(model, calib_tokens, bits: int = 4, group_size: int = 128, sym: bool = True,
+               act_order: bool = False, static_groups: bool = False,
+               blocksize: int = DEFAULT_BLOCKSIZE, percdamp: float = DEFAULT_PERCDAMP,
+               progress: bool = True):
+    """Quantize every linear of every decoder layer with GPTQ, sequentially (the paper's scheme).
+
+    Layer ``i``'s linears are calibrated on the inputs they receive when the calibration tokens
+    run through layers ``0..i-1`` *already quantized*, so each layer corrects for the errors of the
+    layers before it. Inside a layer all linears see the layer's original weights (the reference's
+    default). Model structure comes only from :mod:`qlearn.adapters`.
+
+    Args:
+        model: a decoder with Llama naming (``qlearn.models.load("tiny")``); not modified.
+        calib_tokens: (batch, seq) int64 calibration tokens.
+        bits, group_size, sym, act_order, static_groups, blocksize, percdamp: as :func:`gptq_quantize`.
+        progress: show a tqdm bar over layers.
+    Returns:
+        ``(quantized_model, results)``: a deep copy whose linear weights are the dequantized ``Q``,
+        and ``{linear name: GPTQResult}``.
+    """
+    import copy
+
+    from tqdm.auto import tqdm
+
+    adapters = _adapters()
+    tokens = torch.as_tensor(calib_tokens)
+    if tokens.dim() == 1:
+        tokens = tokens[None]
+    if tokens.dim() != 2 or tokens.numel() == 0:
+        raise ValueError(f"calib_tokens must be a non-empty (batch, seq) integer tensor, got shape "
+                         f"{tuple(tokens.shape)} (pass at least one calibration sequence)")
+    qmodel = copy.deepcopy(model).eval()
+    linears = adapters.find_linears(qmodel)
+    by_layer: dict[int, list[str]] = {}
+    for name in linears:
+        by_layer.setdefault(int(name.split(".")[1]), []).append(name)
+    results: dict[str, GPTQResult] = {}
+    n_layers = len(adapters.decoder_layers(qmodel))
+    for i in tqdm(range(n_layers), desc="GPTQ layers", disable=not progress):
+        names = by_layer.get(i, [])
+        inputs = adapters.capture_inputs(qmodel, tokens, names)   # through quantized layers < i
+        for name in names:
+            lin = linears[name]
+            X = inputs[name].reshape(tokens.shape[0], tokens.shape[1], -1)   # nsamples = sequences
+            r = gptq_quantize(lin.weight.float(), hessian(X), bits, group_size, sym, act_order,
+                              static_groups, blocksize, percdamp)
+            results[name] = r
+        for name in names:                                           # swap weights after capture
+            linears[name].weight.copy_(results[name].Q.to(linears[name].weight.dtype))
+    return qmodel, results

@@ -286,3 +286,63 @@ def test_save_load_safetensors(tmp_path, small):
     assert torch.equal(u.codes, r.codes)
     torch.testing.assert_close(u.Q, gptq.dequantize(r.codes, r.scales.half().float(), r.zeros, r.g_idx),
                                rtol=0, atol=0)
+
+
+# --- model-level GPTQ ----------------------------------------------------------------------------
+
+class _TinyDecoder(torch.nn.Module):
+    """A minimal decoder with Llama names (no attention softmax: enough to exercise the plumbing)."""
+
+    def __init__(self, vocab=64, dim=64, ffn=128, n_layers=2):
+        super().__init__()
+        L = torch.nn.Linear
+        self.embed_tokens = torch.nn.Embedding(vocab, dim)
+        self.layers = torch.nn.ModuleList()
+        for _ in range(n_layers):
+            layer = torch.nn.Module()
+            layer.self_attn = torch.nn.Module()
+            for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                setattr(layer.self_attn, n, L(dim, dim, bias=False))
+            layer.mlp = torch.nn.Module()
+            layer.mlp.gate_proj, layer.mlp.up_proj = L(dim, ffn, bias=False), L(dim, ffn, bias=False)
+            layer.mlp.down_proj = L(ffn, dim, bias=False)
+            self.layers.append(layer)
+        self.lm_head = L(dim, vocab, bias=False)
+
+    def forward(self, tokens):
+        h = self.embed_tokens(tokens)
+        for ly in self.layers:
+            a = ly.self_attn
+            mix = torch.cumsum(a.v_proj(h) * torch.sigmoid(a.q_proj(h) + a.k_proj(h)), dim=1)
+            h = h + a.o_proj(mix / torch.arange(1, h.shape[1] + 1)[None, :, None])
+            m = ly.mlp
+            h = h + m.down_proj(torch.nn.functional.silu(m.gate_proj(h)) * m.up_proj(h))
+        return self.lm_head(h)
+
+
+def test_gptq_model_sequential():
+    torch.manual_seed(0)
+    model = _TinyDecoder()
+    tokens = torch.randint(0, 64, (4, 32))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    qmodel, results = gptq.gptq_model(model, tokens, bits=4, group_size=32, progress=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())   # original untouched
+    assert len(results) == 14 and list(results)[0] == "layers.0.self_attn.q_proj"
+    # layer 1 was calibrated on the outputs of the *quantized* layer 0
+    from qlearn import gptq as g
+    ad = g._adapters()
+    half = _TinyDecoder()
+    half.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for name in [n for n in results if n.startswith("layers.0.")]:
+            half.get_submodule(name).weight.copy_(results[name].Q)
+    X = ad.capture_inputs(half, tokens, ["layers.1.mlp.up_proj"])["layers.1.mlp.up_proj"]
+    W1 = model.get_submodule("layers.1.mlp.up_proj").weight
+    expect = gptq.gptq_quantize(W1, gptq.hessian(X.reshape(4, 32, -1)), 4, 32)
+    assert torch.equal(results["layers.1.mlp.up_proj"].codes, expect.codes)
+    assert torch.equal(qmodel.get_submodule("layers.1.mlp.up_proj").weight, expect.Q)
+    with torch.no_grad():
+        y, yq = model(tokens), qmodel(tokens)
+    assert 0 < float(((y - yq) ** 2).mean() / (y ** 2).mean()) < 0.05
+    with pytest.raises(ValueError, match="non-empty"):
+        gptq.gptq_model(model, torch.zeros(1, 0, dtype=torch.int64))
