@@ -18,12 +18,18 @@ import torch
 from qlearn import gptq
 
 
-def timed(fn, repeat):
-    times, out = [], None
+CPU_TIMES = {}   # label -> median process CPU seconds (robust to other processes on the machine)
+
+
+def timed(fn, repeat, label=None):
+    times, cpu, out = [], [], None
     for _ in range(repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    if label:
+        CPU_TIMES[label] = statistics.median(cpu)
     return statistics.median(times), out
 
 
@@ -43,16 +49,16 @@ def main():
     X = torch.from_numpy(rng.standard_normal((args.tokens, n), dtype=np.float32))
     gptq.gptq_quantize(W[:256, :256], gptq.hessian(X[:, :256]), 4, 128)   # compile the numba kernel
 
-    t_h, H = timed(lambda: gptq.hessian(X), args.repeat)
-    t_q, r = timed(lambda: gptq.gptq_quantize(W, H, bits=4, group_size=128), args.repeat)
+    t_h, H = timed(lambda: gptq.hessian(X), args.repeat, "hessian")
+    t_q, r = timed(lambda: gptq.gptq_quantize(W, H, bits=4, group_size=128), args.repeat, "gptq_quantize")
 
     def chol():
         Hd = H.clone()
         Hd.diagonal().add_(gptq.DEFAULT_PERCDAMP * torch.mean(torch.diag(Hd)))
         return gptq._inverse_hessian_cholesky(Hd)
 
-    t_c, _ = timed(chol, args.repeat)
-    t_r, q = timed(lambda: gptq.rtn_quantize(W, 4, 128, True), args.repeat)
+    t_c, _ = timed(chol, args.repeat, "damp+Cholesky")
+    t_r, q = timed(lambda: gptq.rtn_quantize(W, 4, 128, True), args.repeat, "rtn_quantize")
     if args.reference:
         t_ref, _ = timed(lambda: gptq.gptq_quantize(W, H, bits=4, group_size=128, backend="torch"), 1)
     G = X.double().numpy()
@@ -68,6 +74,9 @@ def main():
     if args.reference:
         print(f"torch reference loop (upstream's per-column torch ops) {t_ref:7.3f} s -> speedup {t_ref / t_q:.2f}x")
     print(f"rtn_quantize      {t_r:7.3f} s  -> gptq / rtn time {t_q / t_r:.1f}x")
+    print("process CPU time (all threads; wall time on an idle machine lies between CPU/threads and CPU):")
+    for k, v in CPU_TIMES.items():
+        print(f"  {k:16s} {v:7.3f} s")
     print(f"output error      gptq {err_g:.5f}  rtn {err_r:.5f}  ratio {err_g / err_r:.3f}")
 
 
