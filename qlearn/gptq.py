@@ -63,7 +63,7 @@ def _as_float32_tensor(x, name: str) -> torch.Tensor:
 
 
 def _check_finite(x: torch.Tensor, name: str) -> None:
-    if torch.isfinite(x.sum(dtype=torch.float64)):   # any NaN/Inf would make the sum non-finite
+    if torch.isfinite(x.sum()):   # any NaN/Inf makes the sum non-finite (overflow falls through)
         return
     if not torch.isfinite(x).all():
         n_bad = int((~torch.isfinite(x)).sum())
@@ -202,6 +202,12 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                g_idx: torch.Tensor) -> torch.Tensor:
     """``Q = scales[:, g_idx] * (codes - zeros[:, g_idx])``: (out, in) float32."""
     g = g_idx.long()
+    out, cols = codes.shape
+    n_groups = scales.shape[1]
+    if cols % n_groups == 0 and torch.equal(g, torch.arange(cols) // (cols // n_groups)):
+        # contiguous groups: broadcast instead of gathering (same float operations, same bits)
+        c = codes.to(torch.float32).view(out, n_groups, cols // n_groups)
+        return (scales[:, :, None] * (c - zeros[:, :, None])).view(out, cols)
     return scales[:, g] * (codes.to(torch.float32) - zeros[:, g])
 
 
@@ -274,7 +280,7 @@ def _inverse_hessian_cholesky(H: torch.Tensor) -> torch.Tensor:
     if info == 0:
         Hinv = torch.cholesky_inverse(L)
         U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-    if info != 0 or not torch.isfinite(U).all():
+    if info != 0:
         raise ValueError("the damped Hessian is not positive definite (Cholesky failed): use more "
                          "calibration tokens than in_features, or a larger percdamp (e.g. 0.1)")
     return U
@@ -365,8 +371,9 @@ def gptq_quantize(W, H, bits: int = 4, group_size: int = -1, sym: bool = True,
 
     # Inputs that never fire: make H invertible there and drop the weight (it never contributes).
     dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
+    if dead.any():
+        H[dead, dead] = 1
+        W[:, dead] = 0
 
     grouped = group_size != -1
     static = grouped and static_groups
@@ -385,7 +392,7 @@ def gptq_quantize(W, H, bits: int = 4, group_size: int = -1, sym: bool = True,
     Hinv = _inverse_hessian_cholesky(H)
 
     codes = torch.empty(out, cols, dtype=torch.uint8)
-    losses = torch.zeros(out, cols, dtype=torch.float32)
+    loss = 0.0
     scales, zeros = [], []                       # group params in the order they are created
     current = (scale_all, zero_all)              # params in force (carried across blocks)
     sweep = _sweep_block_numba if backend == "numba" else _sweep_block_torch
@@ -419,7 +426,7 @@ def gptq_quantize(W, H, bits: int = 4, group_size: int = -1, sym: bool = True,
         losses1 = torch.empty(out, count, dtype=torch.float32)
         _run_sweep(sweep, W1, Hinv1, scale_tab, zero_tab, col_group, maxq, codes1, Err1, losses1)
         codes[:, i1:i2] = codes1
-        losses[:, i1:i2] = losses1 / 2
+        loss += float(losses1.sum(dtype=torch.float64)) / 2
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])      # lazy update of all later columns
 
     # AutoGPTQ's bookkeeping: scales in creation order, g_idx per original column.
@@ -439,7 +446,7 @@ def gptq_quantize(W, H, bits: int = 4, group_size: int = -1, sym: bool = True,
     scales, zeros = torch.stack(scales, 1), torch.stack(zeros, 1)
     g_idx = g_idx.to(torch.int32)
     Q = dequantize(codes, scales, zeros, g_idx)
-    return GPTQResult(codes, scales, zeros, g_idx, perm, Q, float(losses.double().sum()),
+    return GPTQResult(codes, scales, zeros, g_idx, perm, Q, loss,
                       bits, group_size, bool(sym))
 
 
