@@ -4,7 +4,14 @@ Reports the Hessian time, the quantize time split into damping + Cholesky and th
 and the ratio to round-to-nearest. Medians of ``--repeat`` runs. The machine is shared: note the
 load average printed with the figures.
 
-    PYTHONPATH=. python benchmarks/bench_gptq.py [--size 4096] [--tokens 2048] [--repeat 3]
+    PYTHONPATH=. python benchmarks/bench_gptq.py [--size 4096] [--tokens 2048] [--repeat 3] [--threads 2]
+
+What dominates (process CPU time, 1 torch thread, load ~4, 2026-11-24): the three linalg calls
+(Cholesky, cholesky_inverse, Cholesky of the inverse) ~2.1 s, the lazy block GEMM updates
+``W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]`` ~1.4 s, the numba column sweep ~1.3 s, group params and
+bookkeeping the rest. With 2 torch threads on this shared 2-core machine, torch's LAPACK path
+(cholesky_inverse above all) spends several times more CPU than with 1 thread (thread spin under
+contention), so compare runs only at the same load and thread count.
 """
 
 import argparse
