@@ -301,11 +301,11 @@ def _sweep_block_torch(W1, Hinv1, scale_tab, zero_tab, col_group, maxq, codes1, 
         Err1[:, i] = err
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True)   # serial: a numba thread pool next to torch's OpenMP pool thrashed 2 cores
 def _sweep_block_numba(W1, Hinv1, scale_tab, zero_tab, col_group, maxq, codes1, Err1, losses1):  # pragma: no cover
     """Same arithmetic as :func:`_sweep_block_torch`, one output row per iteration (rows are independent)."""
     out, count = W1.shape
-    for r in numba.prange(out):
+    for r in range(out):
         w = W1[r]
         for i in range(count):
             g = col_group[i]
