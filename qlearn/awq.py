@@ -59,13 +59,10 @@ def outlier_layer(out_features: int = 512, in_features: int = 1024, n_tokens: in
         ``(W (out, in) float32, X (tokens, in) float32, outlier_channels (n_outliers,) int64)``
         as torch tensors.
     """
-    rng = np.random.default_rng(seed)
-    W = rng.standard_normal((out_features, in_features)).astype(np.float32) / np.sqrt(in_features)
-    X = rng.standard_normal((n_tokens, in_features)).astype(np.float32)
-    channels = np.sort(rng.choice(in_features, n_outliers, replace=False))
-    X[:, channels] *= outlier_gain
-    return (torch.from_numpy(W.astype(np.float32)), torch.from_numpy(X),
-            torch.from_numpy(channels.astype(np.int64)))
+    from qlearn.gptq import synthetic_layer   # one generator for the book's layer
+
+    W, X, channels = synthetic_layer(seed, out_features, in_features, n_tokens, n_outliers, outlier_gain)
+    return torch.from_numpy(W), torch.from_numpy(X), torch.from_numpy(channels.astype(np.int64))
 
 
 # --- the quantizer ----------------------------------------------------------------------------

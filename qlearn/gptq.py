@@ -609,14 +609,6 @@ def load_autogptq(path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, s
 # 5. A whole model, layer by layer
 # --------------------------------------------------------------------------------------------
 
-def _adapters():
-    try:
-        from qlearn import adapters
-    except ImportError:  # until helper "models" lands on main; same contract
-        from qlearn import _gptq_adapters_fallback as adapters
-    return adapters
-
-
 @torch.no_grad()
 def gptq_model(model, calib_tokens, bits: int = 4, group_size: int = 128, sym: bool = True,
                act_order: bool = False, static_groups: bool = False,
@@ -630,7 +622,7 @@ def gptq_model(model, calib_tokens, bits: int = 4, group_size: int = 128, sym: b
     default). Model structure comes only from :mod:`qlearn.adapters`.
 
     Args:
-        model: a decoder with Llama naming (``qlearn.models.load("tiny")``); not modified.
+        model: a decoder with Llama naming (``qlearn.models.load("tiny")[0]``); not modified.
         calib_tokens: (batch, seq) int64 calibration tokens.
         bits, group_size, sym, act_order, static_groups, blocksize, percdamp: as :func:`gptq_quantize`.
         progress: show a tqdm bar over layers.
@@ -642,7 +634,8 @@ def gptq_model(model, calib_tokens, bits: int = 4, group_size: int = 128, sym: b
 
     from tqdm.auto import tqdm
 
-    adapters = _adapters()
+    from qlearn import adapters
+
     tokens = torch.as_tensor(calib_tokens)
     if tokens.dim() == 1:
         tokens = tokens[None]
