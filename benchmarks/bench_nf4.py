@@ -51,6 +51,9 @@ def main() -> None:
     rows = [("quantize_4bit", median_seconds(lambda: nf4.quantize_4bit(x, **kw), args.repeat)),
             ("dequantize_4bit", median_seconds(lambda: nf4.dequantize_4bit(packed, state),
                                                args.repeat))]
+    buf = np.empty(x.size, np.float32)
+    rows.append(("dequantize out=", median_seconds(lambda: nf4.dequantize_4bit(packed, state, out=buf),
+                                                   args.repeat)))
     try:
         import bitsandbytes.functional as F
     except ImportError:
@@ -60,6 +63,7 @@ def main() -> None:
         pb, sb = F.quantize_4bit(xt, **kw)
         bnb["quantize_4bit"] = median_seconds(lambda: F.quantize_4bit(xt, **kw), args.repeat)
         bnb["dequantize_4bit"] = median_seconds(lambda: F.dequantize_4bit(pb, sb), args.repeat)
+        bnb["dequantize out="] = bnb["dequantize_4bit"]   # bitsandbytes' CPU path always allocates
 
     print(f"{args.quant_type} blocksize {args.blocksize} double_quant={args.double_quant}, "
           f"{SHAPE[0]}x{SHAPE[1]} float32 ({mb:.0f} MB), median of {args.repeat}")
@@ -73,6 +77,9 @@ def main() -> None:
         if bnb:
             line += f"{bnb[name] * 1e3:>10.1f}{bnb[name] / t:>11.1f}x"
         print(line)
+    fresh = median_seconds(lambda: np.empty(x.size, np.float32).fill(0), args.repeat)
+    print(f"floor: allocating and writing a fresh {SHAPE[0]}x{SHAPE[1]} float32 array takes "
+          f"{fresh * 1e3:.1f} ms (page faults), the lower bound of any dequantize that returns new memory")
 
 
 if __name__ == "__main__":

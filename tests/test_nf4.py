@@ -363,3 +363,18 @@ def test_fake_quantize_int4_double_quant_uses_nested_scales():
     assert not np.array_equal(plain, dq)
     # same codes, only the block scales move (by the nested 8-bit error, well under 1%)
     assert np.abs(dq - plain).max() <= 0.01 * np.abs(x).max()
+
+
+def test_dequantize_into_out_buffer():
+    x = np.random.default_rng(3).standard_normal((64, 128)).astype(np.float32)
+    packed, state = nf4.quantize_4bit(x, 64, "nf4", compress_statistics=True)
+    buf = np.full(x.size, np.nan, np.float32)
+    got = nf4.dequantize_4bit(packed, state, out=buf)
+    np.testing.assert_array_equal(got, nf4.dequantize_4bit(packed, state))
+    assert np.shares_memory(got, buf)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        nf4.dequantize_4bit(packed, state, out=np.empty(x.size, np.float64))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        nf4.dequantize_4bit(packed, state, out=np.empty(x.size - 2, np.float32))
+    with pytest.raises(ValueError, match="numba backend only"):
+        nf4.dequantize_4bit(packed, state, backend="numpy", out=buf)
