@@ -41,9 +41,14 @@ def colab_source() -> str:
 
 def set_colab_cell(nb) -> None:
     cell = nbformat.v4.new_code_cell(colab_source())
+    # hidden in the rendered book (Sphinx/myst-nb drops remove-cell), kept for Colab
+    cell.metadata["tags"] = ["remove-cell"]
     if nb.cells and nb.cells[0].cell_type == "code" and nb.cells[0].source.startswith(COLAB_MARK):
         nb.cells[0].source = cell.source
         nb.cells[0].outputs = []
+        tags = nb.cells[0].metadata.setdefault("tags", [])
+        if "remove-cell" not in tags:
+            tags.append("remove-cell")
     else:
         nb.cells.insert(0, cell)
 
