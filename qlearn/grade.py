@@ -47,8 +47,8 @@ of the student's own functions, and those only as plain data.
 console summary and the CSV say which ran):
 
 * both modes: a private temporary directory holding a copy of the notebook and the worker's
-  HOME, TMPDIR and caches; its own session and process group; a clean environment (no
-  ``QLEARN_*`` variable, one thread per BLAS); limits via ``setrlimit`` on CPU seconds (the
+  HOME, TMPDIR and caches; its own session and process group; a clean environment (none of the
+  grader's variables, one thread per BLAS); limits via ``setrlimit`` on CPU seconds (the
   submission budget), address space (``--memory-mb``), file size (``--output-mb``: the output
   log and any file it writes; past it writes fail and later output is dropped), no core dumps;
   wall-clock limits per cell (``--timeout``) and per submission (``--budget``) enforced here;
@@ -62,12 +62,16 @@ console summary and the CSV say which ran):
   ``--jobs`` slot), so it can write only its own directory and cannot signal or trace anything
   of the grader's. When the worker dies, the kernel kills every process of its PID namespace,
   double-forked daemons included.
-* ``plain`` (otherwise): the same limits and process group, and, when the grader runs as root
-  and the Python install is readable by others, an unprivileged uid of its own. It does not hide
-  the file system (a same-uid worker can read what the grader can read), does not cut the
-  network, and a daemon that leaves the process group and changes uid... cannot exist, but one
-  that calls ``setsid`` survives when no private uid could be used. Prefer ``unshare``.
-  Bubblewrap is not used: it is not installed on the machines this was built on.
+* ``plain`` (otherwise): the same limits, session and process group, the audit hook (which
+  refuses Python-level opens of other processes' ``/proc`` entries), and, when the grader runs as
+  root and the Python install is readable by others, an unprivileged uid of its own. It does not
+  hide the file system: without a private uid the worker can read and write whatever the grader
+  can, and a shell it spawns can write to the grader's terminal through ``/proc``; it does not
+  cut the network. A process that leaves the group is still killed when it has the private uid or
+  still carries the worker's ``QLEARN_SANDBOX_TOKEN`` in its environment; one that also replaced
+  its environment survives. Use it only for trusted submissions; prefer ``unshare``.
+  Bubblewrap is not used: it is not installed on the machines this was built on, and ``unshare``
+  gives the same namespaces.
 
 **Every submission gets a row**: an unreadable notebook, a missing or mismatched chapter
 (``--chapter`` sets it; a mismatch is flagged in ``status``), a cell that times out (the worker
@@ -94,7 +98,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -228,19 +231,24 @@ def _closed_ancestors(paths: list[str]) -> dict[str, set[str]]:
     return out
 
 
-def _kill_uid(uid: int) -> None:
-    """SIGKILL every process whose real uid is ``uid`` (only private grading uids get here)."""
+def _kill_leftovers(uid: int | None, token: str) -> None:
+    """SIGKILL every process of the private ``uid``, or whose environment carries ``token``
+    (the worker's ``QLEARN_SANDBOX_TOKEN``: catches a daemon that left the process group in
+    plain mode unless it also replaced its environment)."""
+    mark = f"QLEARN_SANDBOX_TOKEN={token}".encode()
     for _ in range(10):
         found = False
         for d in Path("/proc").iterdir():
-            if not d.name.isdigit():
+            if not d.name.isdigit() or int(d.name) == os.getpid():
                 continue
             try:
                 status = (d / "status").read_text()
+                line = next((ln for ln in status.splitlines() if ln.startswith("Uid:")), "")
+                hit = uid is not None and line.split()[1:2] == [str(uid)]
+                hit = hit or mark in (d / "environ").read_bytes()
             except OSError:
                 continue
-            line = next((ln for ln in status.splitlines() if ln.startswith("Uid:")), "")
-            if line.split()[1:2] == [str(uid)]:
+            if hit:
                 found = True
                 try:
                     os.kill(int(d.name), signal.SIGKILL)
@@ -281,6 +289,7 @@ class _Submission:
             self.cover.append(("/tmp", [work] if work.startswith("/tmp/") else [], "1777", "64m"))
             self.cover.append(("/dev/shm", [], "1777", "16m"))
         self.starts = 0
+        self.token = secrets.token_hex(16)
 
     def env(self) -> dict[str, str]:
         w = str(self.work)
@@ -289,7 +298,7 @@ class _Submission:
                 "PYTHONPATH": qroot, "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8",
                 "MPLBACKEND": "Agg", "MPLCONFIGDIR": f"{w}/cache/mpl", "XDG_CACHE_HOME": f"{w}/cache",
                 "NUMBA_CACHE_DIR": f"{w}/cache/numba", "OMP_NUM_THREADS": "1",
-                "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+                "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "QLEARN_SANDBOX_TOKEN": self.token}
 
     def config(self, forbid: tuple[str, ...]) -> dict:
         o = self.opts
@@ -304,8 +313,7 @@ class _Submission:
         return any(p.stat().st_size >= cap for p in self.work.glob("output-*.log"))
 
     def close(self) -> None:
-        if self.uid is not None:
-            _kill_uid(self.uid)
+        _kill_leftovers(self.uid, self.token)
         shutil.rmtree(self.work, ignore_errors=True)
 
 
