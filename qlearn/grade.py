@@ -126,9 +126,18 @@ class WorkerLost(BaseException):
     """The worker stopped answering (timeout, death, protocol violation); not an ``Exception``
     so that no checker's ``except Exception`` can swallow it."""
 
-    def __init__(self, reason: str, budget: bool = False):
+    KINDS = {"timeout": "cell-timeout", "budget": "budget-exceeded", "died": "crashed",
+             "protocol": "protocol-violation", "restarts": "crashed",
+             "start": "grader-error"}
+
+    def __init__(self, reason: str, kind: str):
         super().__init__(reason)
-        self.reason, self.budget = reason, budget
+        self.reason, self.kind = reason, kind
+        self.budget = kind == "budget"
+
+    @property
+    def status(self) -> str:
+        return self.KINDS[self.kind]
 
 
 class GraderError(BaseException):
@@ -340,11 +349,16 @@ class _Worker:
         self.tx, self.rx = cmd_w, res_r
         fcntl.fcntl(self.tx, fcntl.F_SETFL, fcntl.fcntl(self.tx, fcntl.F_GETFL) | os.O_NONBLOCK)
         self.alive = True
-        self._send(sub.config(forbid), b"", time.monotonic() + START_TIMEOUT_S)
-        ready, _ = self._recv(min(time.monotonic() + START_TIMEOUT_S, sub.deadline + 1))
-        if not ready.get("ready"):
+        try:  # no student code has run yet: a failure here is the grader's (or the machine's)
+            self._send(sub.config(forbid), b"", time.monotonic() + START_TIMEOUT_S)
+            ready, _ = self._recv(time.monotonic() + START_TIMEOUT_S)
+            if not ready.get("ready"):
+                raise ProtocolError("no ready message")
+        except (TimeoutError, EOFError, OSError, ProtocolError) as e:
             self.kill()
-            raise WorkerLost("the worker did not start")
+            log = (sub.work / f"output-{sub.starts}.log").read_bytes()[-300:].decode(errors="replace")
+            raise WorkerLost(f"the worker did not start ({type(e).__name__}; its output ends: {log!r})",
+                             "start") from None
 
     # frames with deadlines (a student's code can stall, close or flood the pipes)
     def _send(self, header: dict, blob: bytes, deadline: float) -> None:
@@ -399,16 +413,16 @@ class _Worker:
         except TimeoutError:
             self.kill()
             raise WorkerLost(f"the submission's time budget ({sub.opts.budget:g} s) ran out" if budget
-                             else f"it did not finish within {timeout:g} s", budget) from None
+                             else f"it did not finish within {timeout:g} s", "budget" if budget else "timeout") from None
         except (EOFError, OSError):
             code = self.kill()
-            raise WorkerLost(f"the process running the notebook died ({_exit_text(code)})") from None
+            raise WorkerLost(f"the process running the notebook died ({_exit_text(code)})", "died") from None
         except ProtocolError as e:
             self.kill()
-            raise WorkerLost(f"the worker broke the protocol ({e})") from None
+            raise WorkerLost(f"the worker broke the protocol ({e})", "protocol") from None
         if reply.get("nonce") != nonce:
             self.kill()
-            raise WorkerLost("the worker sent a reply the grader did not ask for")
+            raise WorkerLost("the worker sent a reply the grader did not ask for", "protocol")
         return reply, rblob
 
     def kill(self) -> int | None:
@@ -470,7 +484,7 @@ class _RemoteFunction:
             return decode(reply.get("result"), rblob)
         except ProtocolError as e:
             worker.kill()
-            raise WorkerLost(f"the worker broke the protocol ({e})") from None
+            raise WorkerLost(f"the worker broke the protocol ({e})", "protocol") from None
 
     def __repr__(self) -> str:
         return f"<your function for {self._id}>"
@@ -517,9 +531,10 @@ class _GroupRunner:
         """The live worker, starting a fresh one and replaying the cells that ran if needed."""
         while self._worker is None or not self._worker.alive:
             if time.monotonic() >= self.sub.deadline:
-                raise WorkerLost(f"the submission's time budget ({self.sub.opts.budget:g} s) ran out", True)
+                raise WorkerLost(f"the submission's time budget ({self.sub.opts.budget:g} s) ran out", "budget")
             if self.restarts > MAX_RESTARTS:
-                raise WorkerLost(f"the notebook's process was restarted {MAX_RESTARTS} times; giving up")
+                raise WorkerLost(f"the notebook's process was restarted {MAX_RESTARTS} times; giving up",
+                                 "restarts")
             self.restarts += 1
             self._worker = _Worker(self.sub, self.forbid)
             for i in list(self.done):
@@ -540,9 +555,8 @@ class _GroupRunner:
             except WorkerLost as e:
                 self._cell_error(i, f"stopped: {e.reason}; the grader restarted the notebook's process "
                                     "and skipped this cell")
-                if self.report_cells:
-                    self.grade.flag("budget-exceeded" if e.budget else
-                                    "cell-timeout" if "did not finish" in e.reason else "crashed", e.reason)
+                if self.report_cells or e.budget:
+                    self.grade.flag(e.status, e.reason)
                 if e.budget:
                     return
                 continue
@@ -563,7 +577,7 @@ class _GroupRunner:
                 try:
                     answer = decode(reply.get("value"), blob)
                 except ProtocolError as e:
-                    raise WorkerLost(f"the worker broke the protocol ({e})") from None
+                    raise WorkerLost(f"the worker broke the protocol ({e})", "protocol") from None
             result = E.evaluate(ex, answer)
             forbidden = getattr(answer, "forbidden", [])
             if forbidden:
@@ -572,8 +586,9 @@ class _GroupRunner:
         except WorkerLost as e:
             if self._worker is not None:
                 self._worker.kill()
-            if e.budget:
-                self.grade.flag("budget-exceeded", e.reason)
+            if e.kind in ("budget", "restarts"):
+                self.grade.flag(e.status, e.reason)
+                return E.CheckResult(ex.id, False, f"[not yet] {ex.id}: not graded: {e.reason}")
             return E.CheckResult(ex.id, False, f"[not yet] {ex.id}: your code was stopped: {e.reason}")
         except GraderError as e:
             self.grade.flag("grader-error", str(e))
@@ -649,7 +664,7 @@ def grade_submission(path: str | os.PathLike, opts: Options | None = None, slot:
             if sub.output_capped():
                 grade.flag("output-capped", f"output past {opts.output_mb} MB was dropped")
         except WorkerLost as e:
-            grade.flag("crashed", e.reason)
+            grade.flag(e.status, e.reason)
         except Exception as e:  # the grader's own failure must not cost the batch
             grade.flag("grader-error", f"{type(e).__name__}: {e}")
         finally:

@@ -372,6 +372,7 @@ def test_statuses_say_what_happened(batch):
     assert "no-chapter-metadata" in r["no_chapter"]["status"]
     assert "cell-timeout" in r["loop"]["status"]
     assert "crashed" in r["os_exit"]["status"]
+    assert "protocol-violation" in r["forge"]["status"]
     assert "output-capped" in r["output"]["status"]
     fb = (batch["out"] / "feedback" / "calls_qlearn.md").read_text()
     assert "qlearn.uniform.sqnr_db, which this exercise asks you to write yourself" in fb

@@ -120,3 +120,13 @@ def test_today_style_checkers_run_in_the_grader(tmp_path):
     header, row = (tmp_path / "g.csv").read_text().splitlines()[:2]
     assert header.startswith("student,file,chapter,chgtest.pair,chgtest.sqnr,chgtest.unsendable,total,max")
     assert row.startswith("student,") and ",chgtest,0,0,0,0,4," in row
+
+
+def test_budget_and_cell_timeouts_still_give_a_row(tmp_path):
+    src = ["from qlearn.exercises import check\ncheck('chgtest.pair', (1.5, 2.5))",
+           "while True:\n    pass", "while True:\n    pass", "check('chgtest.pair', (0, 0))"]
+    g = grade_notebook(_notebook(tmp_path, src), timeout=3, budget=5)
+    assert "cell-timeout" in g.status_text and "budget-exceeded" in g.status_text
+    assert g.total == 4 and g.score == 0 and set(g.results) == {"chgtest.pair", "chgtest.sqnr",
+                                                                "chgtest.unsendable"}
+    assert g.runtime_s < 30
