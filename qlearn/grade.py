@@ -169,6 +169,7 @@ class SubmissionGrade:
     status: list[str] = field(default_factory=list)
     error: str | None = None
     runtime_s: float = 0.0
+    cpu_s: float = 0.0              # CPU seconds of the student's processes (approximate)
     sandbox: str = ""
     cell_errors: list[str] = field(default_factory=list)
 
@@ -240,6 +241,20 @@ def _closed_ancestors(paths: list[str]) -> dict[str, set[str]]:
     return out
 
 
+def _group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system, with reaped children) of the live processes of a process group."""
+    total = 0
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(f) > 15 and f[2] == str(pgid):
+                total += sum(int(v) for v in f[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _kill_leftovers(uid: int | None, token: str) -> None:
     """SIGKILL every process of the private ``uid``, or whose environment carries ``token``
     (the worker's ``QLEARN_SANDBOX_TOKEN``: catches a daemon that left the process group in
@@ -298,6 +313,7 @@ class _Submission:
             self.cover.append(("/tmp", [work] if work.startswith("/tmp/") else [], "1777", "64m"))
             self.cover.append(("/dev/shm", [], "1777", "16m"))
         self.starts = 0
+        self.cpu_s = 0.0
         self.token = secrets.token_hex(16)
 
     def env(self) -> dict[str, str]:
@@ -429,6 +445,7 @@ class _Worker:
         """Kill the worker's process group (and with it its PID namespace); return its status."""
         if self.alive:
             self.alive = False
+            self.sub.cpu_s += _group_cpu_s(self.proc.pid)
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except OSError:
@@ -646,8 +663,9 @@ def grade_submission(path: str | os.PathLike, opts: Options | None = None, slot:
     results: dict[str, E.CheckResult] = {}
     if nb is not None and expected:
         cells = _code_cells(nb)
-        sub = _Submission(path, raw, opts, mode, slot)
+        sub = None
         try:
+            sub = _Submission(path, raw, opts, mode, slot)
             groups: dict[tuple[str, ...], list[E.Exercise]] = {}
             for ex in expected:
                 groups.setdefault(_group_key(ex), []).append(ex)
@@ -668,7 +686,9 @@ def grade_submission(path: str | os.PathLike, opts: Options | None = None, slot:
         except Exception as e:  # the grader's own failure must not cost the batch
             grade.flag("grader-error", f"{type(e).__name__}: {e}")
         finally:
-            sub.close()
+            if sub is not None:
+                sub.close()
+                grade.cpu_s = round(sub.cpu_s, 2)
     for ex in expected:
         r = results.get(ex.id) or E.CheckResult(ex.id, False, f"[not yet] {ex.id}: not graded ({grade.error})")
         pts = ex.points if r.passed else 0
@@ -733,11 +753,12 @@ def write_csv(grades: list[SubmissionGrade], path: str | os.PathLike) -> None:
     ids = sorted({k for g in grades for k in g.results})
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["student", "file", "chapter", *ids, "total", "max", "status", "error", "runtime_s", "sandbox"])
+        w.writerow(["student", "file", "chapter", *ids, "total", "max", "status", "error", "runtime_s", "cpu_s",
+                    "sandbox"])
         for g in grades:
             w.writerow([g.student, g.path, g.chapter or "", *[g.results[k]["points"] if k in g.results else ""
                                                            for k in ids],
-                        g.score, g.total, g.status_text, (g.error or "").replace("\n", " "), g.runtime_s, g.sandbox])
+                        g.score, g.total, g.status_text, (g.error or "").replace("\n", " "), g.runtime_s, g.cpu_s, g.sandbox])
 
 
 def _feedback_text(g: SubmissionGrade) -> str:

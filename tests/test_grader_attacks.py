@@ -37,6 +37,9 @@ MARKER = "QLEARN_ATTACK_DAEMON_7f3a"                    # in the command line of
 CELL_TIMEOUT_S = 6
 BUDGET_S = 150
 
+# The plain sandbox (no root or no working unshare) does not hide the file system nor contain a
+# daemon that replaced its environment (see qlearn.grade): those attacks need the unshare sandbox.
+NEEDS_NAMESPACES = ("fake_stdout", "tamper", "daemon")
 ALL = {i: 1 for i in IDS}
 NONE = {i: 0 for i in IDS}
 
@@ -318,6 +321,9 @@ def batch(tmp_path_factory):
     blank = _load(ROOT / "exercises" / NAME)
     sol = _load(ROOT / "exercises" / "solutions" / NAME)
     attacks = _attacks(blank, sol, folder)
+    if grade.sandbox_mode() != "unshare":
+        print(f"plain sandbox here: leaving out {NEEDS_NAMESPACES}")
+        attacks = {k: v for k, v in attacks.items() if k not in NEEDS_NAMESPACES}
     for name, (nb, _, _) in attacks.items():
         (folder / f"{name}.ipynb").write_bytes(nb if isinstance(nb, bytes) else json.dumps(nb).encode())
     before = _digest(folder)
