@@ -105,7 +105,7 @@ from pathlib import Path
 from typing import Any
 
 from qlearn import exercises as E
-from qlearn.grade_worker import MAX_FRAME, ProtocolError, Unsendable, decode, encode
+from qlearn.grade_worker import ProtocolError, Unsendable, decode, encode
 
 __all__ = ["grade_notebook", "grade_paths", "SubmissionGrade", "NotebookGrade", "Options",
            "sandbox_mode", "write_csv", "write_feedback", "main"]
@@ -117,9 +117,11 @@ DEFAULT_OUTPUT_MB = 16            # the output log and any file the student's co
 MAX_PROCESSES = 256               # processes and threads of the worker's private uid
 MAX_RESTARTS = 6                  # fresh workers per exercise group after timeouts and deaths
 START_TIMEOUT_S = 120             # worker start: namespaces, imports, traps
-UID_BASE = 200_000                # private uids: UID_BASE + 16 * (grader pid % 50000) + slot
+UID_BASE = 200_000                # private uids: UID_BASE + UID_SLOTS * (grader pid % 50000) + slot
+UID_SLOTS = 1024                  # the most --jobs
 NS_FLAGS = ("--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc")
 MAX_LISTED_CELL_ERRORS = 12
+MAX_REPLY = 64 * 2**20            # bytes of one reply (header or arrays) the grader accepts
 
 
 class WorkerLost(BaseException):
@@ -184,10 +186,17 @@ class SubmissionGrade:
     def flag(self, status: str, error: str | None = None) -> None:
         self.status.append(status)
         if error and not self.error:
-            self.error = error
+            self.error = _oneline(error)
 
 
 NotebookGrade = SubmissionGrade  # the name of earlier versions
+
+
+def _oneline(text: str, limit: int = 300) -> str:
+    """``text`` on one line of printable characters (a notebook's metadata or file name can hold
+    anything, and the grader's console lines must stay the grader's)."""
+    text = "".join(c if c.isprintable() else "?" for c in str(text))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # --- sandbox -------------------------------------------------------------------------------------
@@ -293,7 +302,7 @@ class _Submission:
         self.uid = None
         closed = _closed_ancestors(_needed_paths())
         if os.geteuid() == 0 and (mode == "unshare" or not closed):
-            self.uid = UID_BASE + 16 * (os.getpid() % 50_000) + slot
+            self.uid = UID_BASE + UID_SLOTS * (os.getpid() % 50_000) + slot
         for sub in ("home", "tmp", "cache"):
             (self.work / sub).mkdir()
         (self.work / path.name).write_bytes(raw)  # the private copy; the original is never used
@@ -405,8 +414,8 @@ class _Worker:
 
     def _recv(self, deadline: float) -> tuple[dict, bytes]:
         n_head, n_blob = struct.unpack("<QQ", self._read(16, deadline))
-        if n_head > MAX_FRAME or n_blob > MAX_FRAME:
-            raise ProtocolError("oversized frame")
+        if n_head > MAX_REPLY or n_blob > MAX_REPLY:
+            raise ProtocolError(f"a reply of {n_head + n_blob} bytes, more than {MAX_REPLY}")
         try:
             header = json.loads(self._read(n_head, deadline))
         except (ValueError, RecursionError):
@@ -635,7 +644,7 @@ def grade_submission(path: str | os.PathLike, opts: Options | None = None, slot:
     opts = opts or Options()
     path = Path(path)
     t0 = time.monotonic()
-    grade = SubmissionGrade(str(path), _student_id(path, root), None)
+    grade = SubmissionGrade(str(path), _oneline(_student_id(path, root)), None)
     mode = sandbox_mode(opts.sandbox)
     grade.sandbox = mode
     try:
@@ -651,7 +660,7 @@ def grade_submission(path: str | os.PathLike, opts: Options | None = None, slot:
     meta_chapter = meta_chapter if isinstance(meta_chapter, str) else None
     grade.chapter = opts.chapter or meta_chapter
     if opts.chapter and meta_chapter and meta_chapter != opts.chapter:
-        grade.flag("chapter-mismatch", f"the notebook says chapter {meta_chapter}, graded as {opts.chapter}")
+        grade.flag("chapter-mismatch", f"the notebook says chapter {meta_chapter!r}, graded as {opts.chapter}")
     elif opts.chapter and nb is not None and not meta_chapter:
         grade.flag("no-chapter-metadata")
     expected = E.exercises_for(grade.chapter) if grade.chapter else []
@@ -720,8 +729,8 @@ def _collect(paths: list[str]) -> list[tuple[Path, Path | None]]:
 def grade_paths(paths: list[str], timeout: float = DEFAULT_CELL_TIMEOUT_S, jobs: int = 1,
                 opts: Options | None = None) -> list[SubmissionGrade]:
     """Grade every notebook named, or found under a named folder (sorted), ``jobs`` at a time."""
-    if not (isinstance(jobs, int) and jobs >= 1):
-        raise ValueError(f"jobs should be an int >= 1, got {jobs!r}")
+    if not (isinstance(jobs, int) and 1 <= jobs <= UID_SLOTS):
+        raise ValueError(f"jobs should be an int from 1 to {UID_SLOTS}, got {jobs!r}")
     opts = opts or Options(timeout=timeout)
     files = _collect(paths)
     hide = {str(p.resolve()) for p in map(Path, paths) if p.is_dir()}

@@ -253,6 +253,8 @@ def _attacks(blank: dict, sol: dict, folder: Path) -> dict[str, tuple[dict | byt
     del no_meta["metadata"]["qlearn"]
     wrong = copy.deepcopy(sol)
     wrong["metadata"]["qlearn"]["chapter"] = "ch02"
+    inject = copy.deepcopy(sol)
+    inject["metadata"]["qlearn"]["chapter"] = "ch02\n  5/5   ok                 FAKE_SCORE_LINE\n"
     reordered = copy.deepcopy(sol)
     reordered["cells"] = reordered["cells"][::-1]
     both = dict(NONE)
@@ -280,6 +282,7 @@ def _attacks(blank: dict, sol: dict, folder: Path) -> dict[str, tuple[dict | byt
         "reordered": (reordered, NONE, "cells in reverse order (every check before its definition)"),
         "no_chapter": (no_meta, ALL, "no chapter metadata (graded with --chapter ch03)"),
         "wrong_chapter": (wrong, ALL, "metadata says ch02 (graded with --chapter ch03, flagged)"),
+        "meta_inject": (inject, ALL, "a fake score line in the chapter metadata"),
         "invalid_json": (b'{"cells": [', NONE, "a notebook that is not JSON"),
     }
 
@@ -337,7 +340,7 @@ def batch(tmp_path_factory):
     wall = time.monotonic() - t0
     time.sleep(0.5)
     rows = list(csv.DictReader((out / "grades.csv").open())) if (out / "grades.csv").exists() else []
-    uids = {grade.UID_BASE + 16 * (proc.pid % 50_000) + s for s in range(2)}
+    uids = {grade.UID_BASE + grade.UID_SLOTS * (proc.pid % 50_000) + s for s in range(2)}
     yield {"attacks": attacks, "folder": folder, "out": out, "before": before, "after": _digest(folder),
            "rc": proc.returncode, "stdout": stdout.decode(errors="replace"), "stderr": stderr.decode(errors="replace"),
            "rows": {r["student"]: r for r in rows}, "n_rows": len(rows), "wall": wall,
@@ -398,5 +401,8 @@ def test_stdout_holds_only_the_graders_lines(batch):
     lines = batch["stdout"].splitlines()
     own = re.compile(r"^\s*\d+/\d+\s+\S+\s+\S+( {2}\[.*\])?$|^qlearn\.grade: \d+ submissions, ")
     assert lines and all(own.match(ln) for ln in lines), lines
-    assert "FAKE_SCORE_LINE" not in batch["stdout"]
+    students = [ln.split()[2] for ln in lines[:-1]]
+    assert sorted(students) == sorted(batch["attacks"]), students
+    # the marker may appear only quoted inside the meta_inject line's own error note
+    assert all(ln.split()[2] == "meta_inject" for ln in lines if "FAKE_SCORE_LINE" in ln)
     assert len(lines) == len(batch["attacks"]) + 1

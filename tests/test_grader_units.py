@@ -130,3 +130,12 @@ def test_budget_and_cell_timeouts_still_give_a_row(tmp_path):
     assert g.total == 4 and g.score == 0 and set(g.results) == {"chgtest.pair", "chgtest.sqnr",
                                                                 "chgtest.unsendable"}
     assert g.runtime_s < 30
+
+
+def test_plain_sandbox_grades_too(tmp_path):
+    src = ["from qlearn.exercises import check", "check('chgtest.pair', (1.5, 2.5))",
+           "import os\nos._exit(3)", "check('chgtest.sqnr', lambda x, y: 0.0)"]
+    g = grade_notebook(_notebook(tmp_path, src), timeout=60, sandbox="plain")
+    assert g.sandbox == "plain" and "crashed" in g.status_text
+    assert g.results["chgtest.pair"]["passed"] and not g.results["chgtest.sqnr"]["passed"]
+    assert "expected" in g.results["chgtest.sqnr"]["message"]

@@ -19,7 +19,10 @@ the notebook the checker gets the student's object. Under :mod:`qlearn.grade` it
 grader's own process and gets a proxy: every call of the proxy sends the arguments the checker
 just generated to a sandboxed worker process that ran the notebook, calls the student's function
 there, and returns the result as plain data, which the checker then compares with a reference it
-imported itself. No per-exercise grading code is needed (see :mod:`qlearn.grade`).
+imported itself. No per-exercise grading code is needed (see :mod:`qlearn.grade`). Two
+consequences: a checker cannot see in-place changes the student's function makes to its
+arguments (the worker has its own copies), and it cannot inspect the function object itself
+(its signature, source or attributes).
 
 **Forbidden functions.** ``@exercise(..., forbid=("qlearn.uniform.sqnr_db",))`` names qlearn
 functions the exercise asks the student to write. While the answer is evaluated, calling one of
