@@ -139,3 +139,11 @@ def test_plain_sandbox_grades_too(tmp_path):
     assert g.sandbox == "plain" and "crashed" in g.status_text
     assert g.results["chgtest.pair"]["passed"] and not g.results["chgtest.sqnr"]["passed"]
     assert "expected" in g.results["chgtest.sqnr"]["message"]
+
+
+def test_ipython_magics(tmp_path):
+    src = ["%%time\nfrom qlearn.exercises import check\npair = (1.5, 2.5)", "!echo hi\n%matplotlib inline",
+           "%time x = 1\ncheck('chgtest.pair', (pair[0] * x, pair[1]))"]
+    g = grade_notebook(_notebook(tmp_path, src), timeout=60)
+    assert g.results["chgtest.pair"]["passed"], (g.results, g.cell_errors)
+    assert not g.cell_errors
