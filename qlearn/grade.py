@@ -58,7 +58,8 @@ console summary and the CSV say which ran):
   namespaces. The worker sees a fresh ``/proc`` with only its own processes (not the grader's
   stdout, not other workers), has no network, finds a small empty tmpfs over the submission and
   output folders, over root's home (except the Python install it needs), over ``/tmp`` (except
-  its own directory) and ``/dev/shm``, and runs as an unprivileged uid of its own (one per
+  its own directory) and ``/dev/shm``, gets a size-limited tmpfs (``--disk-mb``) as its own
+  directory, HOME and TMPDIR, and runs as an unprivileged uid of its own (one per
   ``--jobs`` slot), so it can write only its own directory and cannot signal or trace anything
   of the grader's. When the worker dies, the kernel kills every process of its PID namespace,
   double-forked daemons included.
@@ -114,6 +115,7 @@ DEFAULT_CELL_TIMEOUT_S = 300      # one code cell, or one call of a student's fu
 DEFAULT_BUDGET_S = 900            # one submission, all groups and restarts together
 DEFAULT_MEMORY_MB = 4096          # address space of the worker (torch needs about 1.5 GB)
 DEFAULT_OUTPUT_MB = 16            # the output log and any file the student's code writes
+DEFAULT_DISK_MB = 256             # unshare: the worker's directory is a tmpfs of this size
 MAX_PROCESSES = 256               # processes and threads of the worker's private uid
 MAX_RESTARTS = 6                  # fresh workers per exercise group after timeouts and deaths
 START_TIMEOUT_S = 120             # worker start: namespaces, imports, traps
@@ -153,6 +155,7 @@ class Options:
     budget: float = DEFAULT_BUDGET_S
     memory_mb: int = DEFAULT_MEMORY_MB
     output_mb: int = DEFAULT_OUTPUT_MB
+    disk_mb: int = DEFAULT_DISK_MB
     sandbox: str = "auto"
     chapter: str | None = None
     hide: tuple[str, ...] = ()      # folders the worker must not see (submissions, outputs)
@@ -338,6 +341,7 @@ class _Submission:
         o = self.opts
         return {"mode": self.mode, "workdir": str(self.work), "uid": self.uid, "gid": self.uid,
                 "forbid": list(forbid), "cover": self.cover,
+                "work_size": f"{o.disk_mb}m" if self.mode == "unshare" else None,
                 "limits": {"cpu_s": int(o.budget) + 5, "memory_bytes": int(o.memory_mb) * 2**20,
                            "file_bytes": int(o.output_mb) * 2**20,
                            "processes": MAX_PROCESSES if self.uid is not None else None}}
@@ -810,9 +814,12 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"seconds per cell or per call of a student function (default {DEFAULT_CELL_TIMEOUT_S})")
     ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
                     help=f"seconds per submission, everything included (default {DEFAULT_BUDGET_S})")
-    ap.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help="address-space limit of a worker")
-    ap.add_argument("--output-mb", type=int, default=DEFAULT_OUTPUT_MB, help="output and file-size limit")
-    ap.add_argument("--sandbox", default="auto", choices=["auto", "unshare", "plain"])
+    ap.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help=f"address-space limit of a worker (default {DEFAULT_MEMORY_MB})")
+    ap.add_argument("--output-mb", type=int, default=DEFAULT_OUTPUT_MB, help=f"limit on output and on any file written (default {DEFAULT_OUTPUT_MB})")
+    ap.add_argument("--disk-mb", type=int, default=DEFAULT_DISK_MB,
+                    help=f"unshare sandbox: size of the worker's private directory (default {DEFAULT_DISK_MB})")
+    ap.add_argument("--sandbox", default="auto", choices=["auto", "unshare", "plain"],
+                    help="auto: unshare when it works here (root + util-linux), else plain")
     ap.add_argument("--verbose", "-v", action="store_true", help="print every exercise's feedback")
     ap.add_argument("--require-full", action="store_true", help="exit 1 unless every notebook has full marks")
     args = ap.parse_args(argv)
@@ -821,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs < 1 or args.timeout <= 0 or args.budget <= 0:
             raise ValueError("--jobs, --timeout and --budget must be positive")
         opts = Options(timeout=args.timeout, budget=args.budget, memory_mb=args.memory_mb,
-                       output_mb=args.output_mb, sandbox=args.sandbox, chapter=args.chapter,
+                       output_mb=args.output_mb, disk_mb=args.disk_mb, sandbox=args.sandbox, chapter=args.chapter,
                        hide=tuple(str(Path(p).resolve().parent) for p in (args.csv, args.json) if p)
                        + ((str(Path(args.feedback).resolve()),) if args.feedback else ()))
         mode = sandbox_mode(args.sandbox)

@@ -269,10 +269,28 @@ def _cover(path: str, keep: list[str], mode: str, size: str) -> None:
 
 
 def _setup_namespace(cfg: dict) -> None:
-    """Runs as root in the fresh namespaces: hide what the student must not see."""
+    """Runs as root in the fresh namespaces: hide what the student must not see, and give the
+    worker a size-limited tmpfs as its directory (so it cannot fill the grader's disk)."""
     for path, keep, mode, size in cfg.get("cover", []):
         if os.path.isdir(path):
             _cover(path, keep, mode, size)
+    work, size = cfg["workdir"], cfg.get("work_size")
+    if size:
+        files = {}
+        for name in os.listdir(work):
+            if name.endswith(".ipynb"):
+                with open(os.path.join(work, name), "rb") as f:
+                    files[name] = f.read()
+        owner = f",uid={cfg['uid']},gid={cfg['gid']}" if cfg.get("uid") is not None else ""
+        _mount("tmpfs", work, "tmpfs", 0, f"size={size},mode=0700{owner}")
+        for sub in ("home", "tmp", "cache"):
+            os.mkdir(os.path.join(work, sub))
+        for name, data in files.items():
+            with open(os.path.join(work, name), "wb") as f:
+                f.write(data)
+        if cfg.get("uid") is not None:
+            for name in os.listdir(work):
+                os.chown(os.path.join(work, name), cfg["uid"], cfg["gid"])
 
 
 def _drop_privileges(uid: int, gid: int) -> None:
