@@ -40,8 +40,10 @@ of the student's own functions, and those only as plain data.
    and refuses to import ``qlearn/exercises/chNN.py`` (where reference helpers live). A trapped
    call raises in the student's code and is reported by an audit event; the grader fails the
    exercise when the reply lists one. A student who defeats the report still gets no result from
-   the trap, so cannot pass with it. Not covered: pasting qlearn's source into the notebook
-   (that is copying, for a plagiarism check), and reaching into interpreter memory with ctypes.
+   the trap, so cannot pass with it. In the ``unshare`` sandbox those source files also read as
+   empty, even to a shell. Not covered: running another copy of qlearn's code (pasted into the
+   notebook, or another checkout on the grading machine: that is copying, for a plagiarism
+   check), and rewriting interpreter memory with ctypes.
 
 **The sandbox of one submission** (``--sandbox auto`` picks the strongest that works here; the
 console summary and the CSV say which ran):
@@ -237,6 +239,18 @@ def _needed_paths() -> list[str]:
     return sorted(os.path.realpath(p) for p in paths)
 
 
+def _other_qlearn_copies() -> list[str]:
+    """qlearn packages other than this one that an import could reach (sys.path, an editable
+    install's finder): the unshare sandbox covers them, so the worker sees one qlearn only."""
+    own = os.path.realpath(Path(E.__file__).parents[1])
+    found = {os.path.join(p, "qlearn") for p in sys.path if p and os.path.isdir(os.path.join(p, "qlearn"))}
+    for name, mod in list(sys.modules.items()):
+        mapping = getattr(mod, "MAPPING", None) if name.startswith("__editable__") else None
+        if isinstance(mapping, dict) and isinstance(mapping.get("qlearn"), str):
+            found.add(mapping["qlearn"])
+    return sorted({os.path.realpath(f) for f in found} - {own})
+
+
 def _closed_ancestors(paths: list[str]) -> dict[str, set[str]]:
     """For each folder others cannot enter (no o+x) above a needed path: the children to keep."""
     out: dict[str, set[str]] = {}
@@ -315,7 +329,7 @@ class _Submission:
         self.cover: list[tuple[str, list[str], str, str]] = []
         if mode == "unshare":
             needed = _needed_paths()
-            for h in sorted(set(opts.hide)):
+            for h in sorted(set(opts.hide) | set(_other_qlearn_copies())):
                 h = os.path.realpath(h)
                 if not any(n == h or n.startswith(h + os.sep) for n in needed + [str(self.work)]):
                     self.cover.append((h, [], "0000", "16k"))

@@ -25,7 +25,11 @@ Order of events in the worker (all before any student code runs):
    helpers) and the source of a module with a forbidden function (so ``importlib.reload`` or
    ``exec`` of that file cannot bring the original back), and refuses to open another
    process's ``/proc/PID`` entries;
-6. make ``qlearn.exercises.check`` a recorder: ``check(id, answer)`` stores the answer for the
+6. in ``unshare`` mode (during step 2, while still root) an empty file is bound over the source
+   and bytecode of those modules and of the checkers, so that not even a shell the student
+   starts can read them (and other copies of qlearn on the machine are covered like the
+   submissions, so an import cannot fall back to one);
+7. make ``qlearn.exercises.check`` a recorder: ``check(id, answer)`` stores the answer for the
    grader and prints one line; no checker runs in the worker.
 
 Then it serves requests: ``cell`` (execute one code cell), ``describe`` (is the answer to an
@@ -293,6 +297,35 @@ def _setup_namespace(cfg: dict) -> None:
                 os.chown(os.path.join(work, name), cfg["uid"], cfg["gid"])
 
 
+def _files_to_mask(forbid: list[str], checker_dir: str) -> list[str]:
+    """The source (and cached bytecode) of every module holding a forbidden function, and every
+    checker module: imported first where needed, then hidden under empty-file bind mounts in
+    the unshare sandbox, so that not even a shell the student starts can read them."""
+    import importlib.util
+    from qlearn.exercises import resolve_qualname
+    files = set()
+    for name in forbid:
+        if not name.startswith("qlearn.exercises."):
+            obj = resolve_qualname(name)
+            code = getattr(getattr(obj, "py_func", obj), "__code__", None)
+            mod = sys.modules.get(getattr(obj, "__module__", "") or "")
+            src = code.co_filename if code is not None else getattr(mod, "__file__", None)
+            if src:
+                files.add(os.path.realpath(src))
+    for name in os.listdir(checker_dir):
+        if name.endswith(".py") and name != "__init__.py":
+            files.add(os.path.join(checker_dir, name))
+    for f in list(files):
+        try:
+            files.add(importlib.util.cache_from_source(f))
+        except (NotImplementedError, ValueError):
+            pass
+    cache = os.path.join(checker_dir, "__pycache__")
+    if os.path.isdir(cache):
+        files |= {os.path.join(cache, n) for n in os.listdir(cache) if not n.startswith("__init__.")}
+    return sorted(f for f in files if os.path.isfile(f))
+
+
 def _drop_privileges(uid: int, gid: int) -> None:
     os.setgroups([])
     os.setgid(gid)
@@ -412,15 +445,20 @@ def main() -> None:
     rx = os.fdopen(int(sys.argv[1]), "rb", buffering=0)
     tx = os.fdopen(int(sys.argv[2]), "wb", buffering=0)
     cfg, _ = recv(rx)
+    import qlearn.exercises as E
     if cfg.get("mode") == "unshare":
+        masked = _files_to_mask(cfg.get("forbid", []), os.path.dirname(os.path.realpath(E.__file__)))
+        empty = os.path.join(cfg["workdir"], ".empty")  # a regular empty file: an import finds it,
+        with open(empty, "wb"):                         # reads nothing, and looks no further
+            pass
+        os.chmod(empty, 0o444)
+        for path in masked:  # still root: no process of the student's can read these any more
+            _mount(empty, path, None, MS_BIND, None)
         _setup_namespace(cfg)
     if cfg.get("uid") is not None:
         _drop_privileges(cfg["uid"], cfg["gid"])
     os.chdir(cfg["workdir"])
     _set_limits(cfg)
-    sys.path[:0] = cfg.get("sys_path", [])
-
-    import qlearn.exercises as E
     answers: dict[str, Any] = {}
 
     def recorder(exercise_id: str, answer: Any) -> None:

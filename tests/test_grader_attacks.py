@@ -39,7 +39,7 @@ BUDGET_S = 150
 
 # The plain sandbox (no root or no working unshare) does not hide the file system nor contain a
 # daemon that replaced its environment (see qlearn.grade): those attacks need the unshare sandbox.
-NEEDS_NAMESPACES = ("fake_stdout", "tamper", "daemon")
+NEEDS_NAMESPACES = ("fake_stdout", "tamper", "daemon", "unforbid_shell")
 ALL = {i: 1 for i in IDS}
 NONE = {i: 0 for i in IDS}
 
@@ -174,6 +174,25 @@ check("ch03.quantize_symmetric", lambda x, bits: U.quantize(x, bits).codes)
 check("ch03.best_clip", lambda x, bits: ratio(x, bits))
 """
 
+UNFORBID_SHELL = """
+import os, subprocess, sys, types
+import qlearn.uniform
+from qlearn.exercises import check
+path = qlearn.uniform.__file__
+src = subprocess.run(["cat", path], capture_output=True, text=True).stdout
+if "def sqnr_db" not in src:  # openat through a directory descriptor: no path the hook can match
+    d = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        fd = os.open(os.path.basename(path), os.O_RDONLY, dir_fd=d)
+        src = os.read(fd, 10**7).decode()
+    except OSError:
+        pass
+U = sys.modules["u3"] = types.ModuleType("u3")
+exec(compile(src, "<copied>", "exec"), U.__dict__)
+check("ch03.sqnr_db", lambda x, x_hat: U.sqnr_db(x, x_hat))
+check("ch03.quantize_symmetric", lambda x, bits: U.quantize(x, bits).codes)
+"""
+
 FAKE_STDOUT = """
 import os
 fake = b"  5/5   ok                 FAKE_SCORE_LINE\\n"
@@ -266,6 +285,7 @@ def _attacks(blank: dict, sol: dict, folder: Path) -> dict[str, tuple[dict | byt
         "reference": (_insert_after_imports(blank, CHEAT_REFERENCE), NONE, "override the reference functions"),
         "calls_qlearn": (_append(blank, CALLS_REFERENCE), NONE, "answers that call qlearn's own implementation"),
         "unforbid": (_append(blank, UNFORBID), both, "reload / exec qlearn.uniform, load ch03.py by path"),
+        "unforbid_shell": (_append(blank, UNFORBID_SHELL), NONE, "read qlearn/uniform.py with cat or openat, exec it"),
         "fake_stdout": (_append(blank, FAKE_STDOUT), NONE, "print a fake score into the grader's stdout"),
         "tamper": (_append(blank, TAMPER.format(folder=f)), NONE, "edit the other submissions"),
         "daemon": (_append(blank, DAEMON.format(marker=MARKER, folder=f)), NONE, "leave a background process"),
@@ -386,6 +406,8 @@ def test_statuses_say_what_happened(batch):
     fb = (batch["out"] / "feedback" / "calls_qlearn.md").read_text()
     assert "qlearn.uniform.sqnr_db, which this exercise asks you to write yourself" in fb
     assert "did not finish within" in (batch["out"] / "feedback" / "slow_answer.md").read_text()
+    unforbid = (batch["out"] / "feedback" / "unforbid.md").read_text()
+    assert "calls qlearn.uniform.sqnr_db" in unforbid and "calls qlearn.uniform.quantize" in unforbid
 
 
 def test_no_submission_file_changes(batch):
