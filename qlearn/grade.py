@@ -13,7 +13,8 @@ of the student's own functions, and those only as plain data.
 **How an exercise is graded.**
 
 1. The grader reads the notebook JSON itself (a file that is not JSON, or has no chapter, still
-   gets a gradebook row), takes the source of its code cells (IPython magics become no-ops) and
+   gets a gradebook row), takes the source of its code cells (``%%time``-style magics run their code, other magics
+   and shell escapes are no-ops) and
    never hands the file to student code.
 2. The chapter's exercises are split into groups by their ``forbid`` set. For each group a fresh
    worker starts in its own sandbox (below), installs the forbidden-function traps, then executes
@@ -29,6 +30,14 @@ of the student's own functions, and those only as plain data.
    contract is the one :mod:`qlearn.exercises` states: a checker only calls the answer with plain
    data, or uses a value answer as plain data. A value answer (``check("ch02.bf16_epsilon",
    eps)``) travels as plain data once.
+
+   Why the checker runs here rather than in the worker: a checker run in the worker would run
+   after the student's code, which could replace it, its reference or numpy first; re-deriving
+   its verdict here from a trace of (inputs, outputs) the worker reports would let the student
+   choose the inputs. With the proxy every trusted step -- drawing the inputs, the reference, the
+   comparison -- happens in this process, and no exercise needs grading code of its own. The
+   cost: one pipe round trip per call of the student's function, and the notebook's cells run
+   once per forbid group.
 4. The verdict never comes from a file, stream or message the student's code can write: a result
    is only the return value of their function, decoded without pickle, and every reply carries
    the random nonce of the grader's request. Patching numpy, the registry, the checkers or the
