@@ -102,6 +102,7 @@ import fcntl
 import json
 import os
 import queue
+import re
 import secrets
 import select
 import shutil
@@ -783,6 +784,11 @@ def grade_paths(paths: list[str], timeout: float = DEFAULT_CELL_TIMEOUT_S, jobs:
 
 # --- reports -------------------------------------------------------------------------------------
 
+def _cell(value: Any) -> Any:
+    """A CSV field a spreadsheet shows as text: one that starts like a formula gets a quote."""
+    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
 def write_csv(grades: list[SubmissionGrade], path: str | os.PathLike) -> None:
     """One row per submission: student, file, chapter, points per exercise, total, max, status,
     error, runtime (exercise columns: the union over the batch; empty where not applicable)."""
@@ -792,9 +798,10 @@ def write_csv(grades: list[SubmissionGrade], path: str | os.PathLike) -> None:
         w.writerow(["student", "file", "chapter", *ids, "total", "max", "status", "error", "runtime_s", "cpu_s",
                     "sandbox"])
         for g in grades:
-            w.writerow([g.student, g.path, g.chapter or "", *[g.results[k]["points"] if k in g.results else ""
-                                                           for k in ids],
-                        g.score, g.total, g.status_text, (g.error or "").replace("\n", " "), g.runtime_s, g.cpu_s, g.sandbox])
+            w.writerow([_cell(v) for v in [g.student, g.path, g.chapter or "",
+                                           *[g.results[k]["points"] if k in g.results else "" for k in ids],
+                                           g.score, g.total, g.status_text, _oneline(g.error or ""),
+                                           g.runtime_s, g.cpu_s, g.sandbox]])
 
 
 def _feedback_text(g: SubmissionGrade) -> str:
@@ -803,7 +810,8 @@ def _feedback_text(g: SubmissionGrade) -> str:
     if g.error:
         lines += ["", f"Note: {g.error}"]
     for ex_id, r in g.results.items():
-        lines += ["", f"## {ex_id}: {r['points']} / {r['max']}", "", "```text", r["message"], "```"]
+        fence = "`" * max(3, 1 + max((len(m) for m in re.findall("`+", r["message"])), default=0))
+        lines += ["", f"## {ex_id}: {r['points']} / {r['max']}", "", fence + "text", r["message"], fence]
     if g.cell_errors:
         lines += ["", "## Cells that raised or were stopped", ""]
         lines += [f"- {e}" for e in g.cell_errors[:MAX_LISTED_CELL_ERRORS]]

@@ -147,3 +147,15 @@ def test_ipython_magics(tmp_path):
     g = grade_notebook(_notebook(tmp_path, src), timeout=60)
     assert g.results["chgtest.pair"]["passed"], (g.results, g.cell_errors)
     assert not g.cell_errors
+
+
+def test_reports_neutralise_student_text(tmp_path):
+    from qlearn.grade import SubmissionGrade
+    g = SubmissionGrade("x.ipynb", "=HYPERLINK(1)", "ch03", error="line\none",
+                        results={"ch03.a": {"passed": False, "message": "```\n# injected", "points": 0, "max": 1}})
+    write_csv([g], tmp_path / "g.csv")
+    row = (tmp_path / "g.csv").read_text().splitlines()[1]
+    assert row.startswith("'=HYPERLINK(1)") and "line?one" in row
+    write_feedback([g], tmp_path / "fb")
+    text = next((tmp_path / "fb").glob("*.md")).read_text()
+    assert "````text\n```\n# injected\n````" in text
