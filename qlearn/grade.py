@@ -345,9 +345,11 @@ class _Submission:
                     self.cover.append((h, [], "0000", "16k"))
             for anc, keep in sorted(closed.items()):
                 self.cover.append((anc, sorted(keep), "0755", "1m"))
-            work = os.path.realpath(self.work)
-            self.cover.append(("/tmp", [work] if work.startswith("/tmp/") else [], "1777", "64m"))
-            self.cover.append(("/dev/shm", [], "1777", "16m"))
+            keep = [os.path.realpath(self.work)] + needed  # qlearn itself may live under /tmp
+            for shared in ("/tmp", "/dev/shm"):
+                inside = [k for k in keep if k.startswith(shared + os.sep)]
+                self.cover.append((shared, [k for k in inside if not any(k.startswith(o + os.sep) for o in inside)],
+                                   "1777", "64m" if shared == "/tmp" else "16m"))
         self.starts = 0
         self.cpu_s = 0.0
         self.token = secrets.token_hex(16)
