@@ -68,7 +68,8 @@ console summary and the CSV say which ran):
 * ``unshare`` (root, util-linux ``unshare`` works): new mount, PID, network, IPC and UTS
   namespaces. The worker sees a fresh ``/proc`` with only its own processes (not the grader's
   stdout, not other workers), has no network, finds a small empty tmpfs over the submission and
-  output folders, over root's home (except the Python install it needs), over ``/tmp`` (except
+  output folders and over everything else in their top-level folder (and in /home, /srv, /mnt,
+  /media, /var/tmp) that its Python does not need, over root's home (except the Python install it needs), over ``/tmp`` (except
   its own directory) and ``/dev/shm``, gets a size-limited tmpfs (``--disk-mb``) as its own
   directory, HOME and TMPDIR, and runs as an unprivileged uid of its own (one per
   ``--jobs`` slot), so it can write only its own directory and cannot signal or trace anything
@@ -135,6 +136,9 @@ UID_BASE = 200_000                # private uids: UID_BASE + UID_SLOTS * (grader
 UID_SLOTS = 1024                  # the most --jobs
 NS_FLAGS = ("--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc")
 MAX_LISTED_CELL_ERRORS = 12
+DATA_TOPS = ("/home", "/srv", "/mnt", "/media", "/var/tmp")   # unshare: covered but for what is needed
+SYSTEM_TOPS = ("/", "/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/proc", "/sys", "/dev",
+               "/run", "/boot", "/tmp", "/var", "/opt", "/nix")
 MAX_REPLY = 64 * 2**20            # bytes of one reply (header or arrays) the grader accepts
 
 
@@ -242,11 +246,18 @@ def sandbox_mode(requested: str = "auto") -> str:
 
 
 def _needed_paths() -> list[str]:
-    """Folders the worker's Python must read: the install, site-packages, qlearn itself."""
-    qroot = str(Path(E.__file__).resolve().parents[2])
-    paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)), qroot}
-    paths |= {p for p in sys.path if p and os.path.isdir(p)}
-    return sorted(os.path.realpath(p) for p in paths)
+    """Folders the worker's Python must read: the install, the virtual environment (also under
+    the name ``sys.executable`` uses), site-packages, and the qlearn package -- not the rest of
+    its repository (the solutions live there)."""
+    qpkg = os.path.realpath(Path(E.__file__).parents[1])
+    qroot = os.path.dirname(qpkg)
+    paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)))}
+    paths |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    paths = {p for p in paths if p != qroot and not p.startswith(qroot + os.sep)} | {qpkg}
+    venv = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
+    if os.path.exists(os.path.join(venv, "pyvenv.cfg")):
+        paths.add(venv)  # maybe a link (.venv -> elsewhere): kept under this name too
+    return sorted(paths)
 
 
 def _other_qlearn_copies() -> list[str]:
@@ -346,10 +357,21 @@ class _Submission:
             for anc, keep in sorted(closed.items()):
                 self.cover.append((anc, sorted(keep), "0755", "1m"))
             keep = [os.path.realpath(self.work)] + needed  # qlearn itself may live under /tmp
+
+            def inside(top: str) -> list[str]:
+                under = [k for k in keep if k.startswith(top + os.sep)]
+                return sorted({k for k in under if not any(k.startswith(o + os.sep) for o in under)})
+
+            # the top-level folders where data lives (those of the batch's folders, /home, ...):
+            # everything in them but what the worker needs is covered, so sibling folders of
+            # the submissions (earlier batches, other courses) are out of sight too
+            tops = {"/" + Path(os.path.realpath(h)).parts[1] for h in opts.hide if len(Path(h).parts) > 1}
+            tops = (tops | set(DATA_TOPS)) - set(SYSTEM_TOPS) - set(closed)
+            for top in sorted(t for t in tops if os.path.isdir(t) and not os.path.islink(t)):
+                kept = inside(top)
+                self.cover.append((top, kept, "0755" if kept else "0000", "1m"))
             for shared in ("/tmp", "/dev/shm"):
-                inside = [k for k in keep if k.startswith(shared + os.sep)]
-                self.cover.append((shared, [k for k in inside if not any(k.startswith(o + os.sep) for o in inside)],
-                                   "1777", "64m" if shared == "/tmp" else "16m"))
+                self.cover.append((shared, inside(shared), "1777", "64m" if shared == "/tmp" else "16m"))
         self.starts = 0
         self.cpu_s = 0.0
         self.token = secrets.token_hex(16)
