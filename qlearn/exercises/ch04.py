@@ -7,6 +7,11 @@ import numpy as np
 from qlearn import calibration
 from qlearn.exercises import Mismatch, call_student, compare_close, compare_equal, exercise
 
+# "Use numpy only": qlearn's observers are what these exercises ask the student to write
+# (calibration.fake_quantize_range stays allowed: exercise 3 uses it).
+OBSERVERS = ("qlearn.calibration.minmax", "qlearn.calibration.percentile", "qlearn.calibration.mse_optimal",
+             "qlearn.calibration.laplace_clip_factor", "qlearn.calibration.outlier_channels")
+
 
 def _acts(seed: int, n: int = 400, f: int = 24) -> np.ndarray:
     """Laplace activations with two outlier channels, like a real LLM layer input."""
@@ -16,7 +21,8 @@ def _acts(seed: int, n: int = 400, f: int = 24) -> np.ndarray:
     return x
 
 
-@exercise("ch04.minmax_range", hint="symmetric: the range is [-a, a] with a = max |x| over every value")
+@exercise("ch04.minmax_range", hint="symmetric: the range is [-a, a] with a = max |x| over every value",
+          forbid=OBSERVERS)
 def _minmax(fn):
     for seed in (1, 2, 3):
         x = _acts(seed)
@@ -25,7 +31,8 @@ def _minmax(fn):
 
 
 @exercise("ch04.percentile_range",
-          hint="np.percentile(np.abs(x), p, method='higher'): the smallest data value with at least p% at or below it")
+          hint="np.percentile(np.abs(x), p, method='higher'): the smallest data value with at least p% at or below it",
+          forbid=OBSERVERS)
 def _percentile(fn):
     for seed, p in ((4, 99.0), (5, 99.9), (6, 90.0)):
         x = _acts(seed)
@@ -38,7 +45,8 @@ def _percentile(fn):
 
 @exercise("ch04.mse_clip",
           hint="try a = max|x| * k / 100 for k = 100, 99, ..., 1; keep the first a with the smallest squared error "
-               "of calibration.fake_quantize_range(x, Range(-a, a), bits)")
+               "of calibration.fake_quantize_range(x, Range(-a, a), bits)",
+          forbid=OBSERVERS)
 def _mse(fn):
     for seed, bits in ((7, 4), (8, 3), (9, 8)):
         x = _acts(seed, n=300)
@@ -47,7 +55,8 @@ def _mse(fn):
 
 
 @exercise("ch04.laplace_factor",
-          hint="minimise 2 exp(-a) + a^2 / (3 * 4**bits) over a (Laplace with b = 1): a fine grid is enough")
+          hint="minimise 2 exp(-a) + a^2 / (3 * 4**bits) over a (Laplace with b = 1): a fine grid is enough",
+          forbid=OBSERVERS)
 def _laplace(answer):
     if callable(answer):
         for bits in (2, 4, 6):
@@ -58,7 +67,8 @@ def _laplace(answer):
 
 
 @exercise("ch04.outliers", hint="a channel's |max| over tokens; compare with ratio * the median of those maxima; "
-                                "sort the indices by |max|, largest first")
+                                "sort the indices by |max|, largest first",
+          forbid=OBSERVERS)
 def _outliers(fn):
     for seed in (10, 11):
         x = _acts(seed)
