@@ -27,4 +27,19 @@ echo "torch==$TV" > "$CONSTRAINTS"
 export PIP_CONSTRAINT="$PWD/$CONSTRAINTS"
 "$VPY" -m pip install -q -e ".[dev]"
 "$VPY" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (qlearn)" >/dev/null
+# --- browser check (scripts/browser_check.py, issue #13): headless Chromium + its driver from
+# Debian (only when missing), and the CDN scripts the book's pages load, from npm, into the
+# ignored .cache/browser (the check serves them locally: it runs offline).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "install: apt-get install chromium chromium-driver"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+if [ ! -f .cache/browser/node_modules/mathjax/es5/tex-mml-chtml.js ] \
+   || [ ! -f .cache/browser/node_modules/plotly.js-dist-min/plotly.min.js ]; then
+  mkdir -p .cache/browser
+  npm install --prefix .cache/browser --silent --no-audit --no-fund --no-save \
+    mathjax@3 requirejs@2 plotly.js-dist-min@3 >/dev/null
+fi
+# --- end browser check
 echo "install: done ($("$VPY" -c 'import qlearn; print("qlearn", qlearn.__version__)'))"

@@ -29,4 +29,13 @@ echo "=== 3/3 strict book build"
 rm -rf _build
 .venv/bin/jupyter-book build . -W -n --keep-going --quiet
 t3=$(date +%s)
-echo "timings: tests $((t1-t0)) s, nbval $((t2-t1)) s, book $((t3-t2)) s, total $((t3-t0)) s"
+
+# --- browser check (issue #13): every page in headless Chromium, screenshots as artifacts
+echo "=== 4 browser check and link check of _build/html"
+$PY scripts/browser_check.py _build/html --shots _build/screenshots
+# linkchecker follows every local link and anchor (external urls: syntax only, offline)
+.venv/bin/linkchecker --no-status --no-warnings _build/html/index.html
+t4=$(date +%s)
+# --- end browser check
+echo "timings: tests $((t1-t0)) s, nbval $((t2-t1)) s, book $((t3-t2)) s," \
+     "browser $((t4-t3)) s, total $((t4-t0)) s"

@@ -53,3 +53,82 @@ def test_every_student_notebook_has_a_solution_and_a_chapter(path):
     assert sol.exists(), f"missing solution notebook {sol}"
     for p in (path, sol):
         assert nbformat.read(p, as_version=4).metadata.get("qlearn", {}).get("chapter")
+
+
+# --- The rendered book (issue #13). Generic over every notebook in notebooks/: chapters that
+# land later must pass these too. `scripts/nbtools.py lint` prints the same findings.
+
+COLAB_EXERCISE = re.compile(
+    r"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/main/"
+    r"(exercises/[\w.-]+\.ipynb)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_lines_fit_the_column(path):
+    bad = nbtools.long_lines(nbformat.read(path, as_version=4))
+    assert not bad, (f"{path.name}: {len(bad)} code lines over {nbtools.MAX_LINE} "
+                     f"characters, first in cell {bad[0][0]}: {bad[0][1]!r}")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_widget_state_saved(path):
+    found = nbtools.widget_leftovers(nbformat.read(path, as_version=4))
+    assert not found, f"{path.name}: widget state saved in {found}; run nbtools.py strip"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_figure_has_caption_and_alt_text(path):
+    bad = nbtools.uncaptioned_figures(nbformat.read(path, as_version=4))
+    assert not bad, (f"{path.name}: figure outputs without mystnb.figure.caption and "
+                     f"mystnb.image.alt cell metadata: {bad}")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_follows_the_skeleton(path):
+    problems = nbtools.skeleton_problems(nbformat.read(path, as_version=4))
+    assert not problems, f"{path.name}: {problems}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exercises_are_linked_to_colab(path):
+    nb = nbformat.read(path, as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    section = text.split("## Exercises", 1)[-1].split("\n## ", 1)[0]
+    links = COLAB_EXERCISE.findall(section)
+    assert links, f"{path.name}: the Exercises section links no exercise notebook on Colab"
+    for rel in links:
+        assert (ROOT / rel).exists(), f"{path.name}: links {rel}, which does not exist"
+
+
+def test_no_tqdm_bars_in_saved_outputs():
+    bar = re.compile(r"\d+%\|[^|]*\|")  # tqdm's text bar: ' 40%|####      | 4/10'
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        for i, c in enumerate(nb.cells):
+            for o in c.get("outputs", []):
+                assert not bar.search(o.get("text", "")), f"{path.name} cell {i}: tqdm bar"
+
+
+def test_chapters_are_numbered_consecutively():
+    """Every part holding a chapter notebook is numbered, so the chapters read 1, 2, ... across
+    parts (sphinx-multitoc-numbering continues the count); prose-only parts are not."""
+    import yaml
+
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    seen = []
+    for part in toc["parts"]:
+        files = [c["file"] for c in part["chapters"]]
+        has_chapter = any(f.startswith("notebooks/") for f in files)
+        assert bool(part.get("numbered")) == has_chapter, (
+            f"part {part['caption']!r}: numbered must be {has_chapter}")
+        seen += [f for f in files if f.startswith("notebooks/")]
+    assert seen == sorted(seen), f"chapters out of order in _toc.yml: {seen}"
+    numbers = [int(Path(f).name.split("_")[0]) for f in seen]
+    assert numbers == list(range(1, len(numbers) + 1)), numbers
+
+
+def test_multitoc_numbering_is_on():
+    import yaml
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config.get("sphinx", {}).get("config", {}).get("use_multitoc_numbering", True)
