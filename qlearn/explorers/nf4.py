@@ -39,7 +39,7 @@ def plot_4bit(W, blocksize: int = 64, quant_type: str = "nf4", compress_statisti
     import matplotlib.pyplot as plt
 
     info = summary(W, blocksize, quant_type, compress_statistics)
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(7, 3.2))
     ax0.hist(info["block"], bins=HIST_BINS, color="#4c72b0", alpha=0.8, label="weights")
     for v in info["levels"]:
         ax0.axvline(v, color="#dd8452", lw=1)

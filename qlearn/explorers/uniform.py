@@ -45,7 +45,7 @@ def plot_grid(W: np.ndarray, bits: int = 4, granularity: str = "per_channel", gr
 
     info = grid_summary(W, bits, granularity, group_size, clip, symmetric)
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3.6))
+        _, ax = plt.subplots(figsize=(7, 3.4))
     block, levels = info["block"], info["levels"]
     lo, hi = min(block.min(), levels.min()), max(block.max(), levels.max())
     ax.hist(block, bins=np.linspace(lo, hi, HIST_BINS), color="#4c72b0", alpha=0.8, label="weights")
