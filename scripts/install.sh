@@ -39,7 +39,7 @@ if [ ! -f .cache/browser/node_modules/mathjax/es5/tex-mml-chtml.js ] \
    || [ ! -f .cache/browser/node_modules/plotly.js-dist-min/plotly.min.js ]; then
   mkdir -p .cache/browser
   npm install --prefix .cache/browser --silent --no-audit --no-fund --no-save \
-    mathjax@3 requirejs@2 plotly.js-dist-min@3 >/dev/null
+    mathjax@3 requirejs@2 plotly.js-dist-min >/dev/null
 fi
 # --- end browser check
 echo "install: done ($("$VPY" -c 'import qlearn; print("qlearn", qlearn.__version__)'))"
