@@ -88,7 +88,9 @@ def plot_layouts(ax=None):
     ax.set_ylim(-0.3, len(layouts))
     ax.axis("off")
     handles = [_rect(0, 0, 1, 1, c) for c in (*FIELD_COLOURS.values(), OTHER_COLOUR)]
-    ax.legend(handles, [*FIELD_COLOURS, "integer / index"], loc="lower right", fontsize=8, ncol=4)
+    # below the rows, so it covers none of them
+    ax.legend(handles, [*FIELD_COLOURS, "integer / index"], loc="upper center",
+              bbox_to_anchor=(0.5, 0.0), fontsize=8, ncol=4, frameon=False)
     ax.set_title("Bit layouts, most significant bit on the left (one box = one bit)")
     return ax
 
