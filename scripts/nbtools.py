@@ -204,8 +204,8 @@ def run(nb_path: Path) -> None:
     # No progress bars in saved outputs (tqdm >= 4.66 reads TQDM_* variables); Colab keeps them.
     os.environ["TQDM_DISABLE"] = "1"
     t = time.time()
+    # (nbclient needs its widget bookkeeping while it runs: the state is dropped afterwards)
     NotebookClient(nb, timeout=900, kernel_name="python3", record_timing=False,
-                   store_widget_state=False,
                    resources={"metadata": {"path": str(nb_path.parent)}}).execute()
     strip_widgets(nb)
     nbformat.write(nb, nb_path)
