@@ -15,7 +15,9 @@ offline and sees what an offline reader would. A page fails on:
 - a figure shrunk to less than 1/MAX_SHRINK of its size (its labels become unreadable);
 - a widget area: the saved page has no kernel, so a widget is dead controls (a widget view
   counts only if no static figure follows it in the same or the next cell);
-- math that did not typeset (a formula left as TeX, or a MathJax error box).
+- math that did not typeset (a formula left as TeX, or a MathJax error box);
+- a chapter page (under CHAPTER_DIR) whose title carries no number, or chapter numbers that do
+  not run 1, 2, 3, ... in file order.
 
 A screenshot of every page (the top WINDOW_HEIGHT pixels, PNG) goes to --shots (default
 _build/screenshots). Exit status 1 if any page fails. Needs `chromium`, `chromium-driver` and
@@ -55,6 +57,7 @@ CDN = (
     ("https://cdn.plot.ly/", "plotly.js-dist-min", "plotly.min.js"),
 )
 VENDOR_PREFIX = "/__vendor__/"
+CHAPTER_DIR = "notebooks/"  # the numbered chapters
 
 # What the page reports about itself, run in the browser after load (and after MathJax).
 PAGE_PROBE = r"""
@@ -96,6 +99,8 @@ for (const m of main.querySelectorAll('.math')) {
 }
 for (const e of main.querySelectorAll('mjx-merror, [data-mjx-error]'))
   out.math.push('MathJax error: ' + (e.getAttribute('data-mjx-error') || e.textContent));
+const num = document.querySelector('h1 .section-number');
+out.chapter = num ? num.textContent.trim() : null;
 for (const a of document.querySelectorAll('a[href]')) out.links.push(a.href);
 for (const el of document.querySelectorAll('[id]')) out.anchors.push(el.id);
 return out;
@@ -107,6 +112,7 @@ class PageReport:
     page: str
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    chapter: str | None = None
 
 
 def vendor_path(url: str, vendor: Path) -> Path | None:
@@ -264,10 +270,17 @@ def check_site(site: Path, vendor: Path, shots: Path | None,
             if shots is not None:
                 driver.save_screenshot(str(shots / (page.replace("/", "__")[:-5] + ".png")))
             rep.seconds = time.time() - t
+            rep.chapter = info.get("chapter")
             reports.append(rep)
     finally:
         driver.quit()
         server.shutdown()
+    chapters = [r for r in reports if r.page.startswith(CHAPTER_DIR)]
+    for n, r in enumerate(chapters, 1):
+        if not r.chapter:
+            r.problems.append("chapter title carries no number")
+        elif r.chapter.rstrip(".") != str(n):
+            r.problems.append(f"chapter numbered {r.chapter!r}, expected {n}. in file order")
     return reports
 
 

@@ -47,6 +47,9 @@ PAGES = {
     "image.html": _page('<img src="missing.png" alt="gone">'),
     "link.html": _page('<a href="nowhere.html">dead</a> <a href="good.html#nope">x</a>'),
     "shrunk.html": _page('<img src="big.png" alt="big" style="width:300px">'),
+    "notebooks/01_a.html": _page('<h1><span class="section-number">1. </span>A</h1>'),
+    "notebooks/02_b.html": _page('<h1><span class="section-number">3. </span>B</h1>'),
+    "notebooks/03_c.html": _page("<h1>C</h1>"),
 }
 
 
@@ -67,6 +70,7 @@ def reports(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     site = tmp_path_factory.mktemp("site")
+    (site / "notebooks").mkdir()
     for name, html in PAGES.items():
         (site / name).write_text(html)
     (site / "fig.png").write_bytes(_png(200, 100))
@@ -108,8 +112,15 @@ def test_shrunk_figure_fails(reports):
                for p in reports["shrunk.html"].problems)
 
 
+def test_chapters_must_be_numbered_in_order(reports):
+    assert reports["notebooks/01_a.html"].problems == []
+    assert reports["notebooks/02_b.html"].problems == [
+        "chapter numbered '3.', expected 2. in file order"]
+    assert reports["notebooks/03_c.html"].problems == ["chapter title carries no number"]
+
+
 def test_a_screenshot_per_page(reports):
-    assert reports["_shots"] == sorted(n[:-5] + ".png" for n in PAGES)
+    assert reports["_shots"] == sorted(n[:-5].replace("/", "__") + ".png" for n in PAGES)
 
 
 def test_cdn_urls_map_to_local_copies(tmp_path):
