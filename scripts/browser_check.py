@@ -3,10 +3,10 @@
     python scripts/browser_check.py [SITE] [--shots DIR] [--vendor DIR] [--width PX]
 
 SITE defaults to _build/html. Each page is served from a local HTTP server; the CDN scripts the
-pages load (MathJax 3, RequireJS, the widget manager, plotly.js) are served from the copies that
-scripts/install.sh puts under VENDOR (default .cache/browser/node_modules, from npm), and every
-other host is unreachable (Chromium's host resolver maps them to nothing), so the check runs
-offline and sees what an offline reader would. A page fails on:
+pages load (MathJax 3, RequireJS, the widget manager, plotly.js's basic bundle) are served from
+the copies that scripts/install.sh puts under VENDOR (default .cache/browser/node_modules,
+from npm), and every other host is unreachable (Chromium's host resolver maps them to
+nothing), so the check runs offline and sees what an offline reader would. A page fails on:
 
 - a console error (a script that threw, a resource that failed to load);
 - a broken image, or a local link to a missing page or a missing #anchor;
@@ -54,7 +54,8 @@ CDN = (
     ("https://cdnjs.cloudflare.com/ajax/libs/require.js/", "requirejs", "require.js"),
     ("https://cdn.jsdelivr.net/npm/@jupyter-widgets/html-manager@",
      "@jupyter-widgets/html-manager", "dist/embed-amd.js"),
-    ("https://cdn.plot.ly/", "plotly.js-dist-min", "plotly.min.js"),
+    ("https://cdn.jsdelivr.net/npm/plotly.js-basic-dist-min@", "plotly.js-basic-dist-min",
+     "plotly-basic.min.js"),
 )
 VENDOR_PREFIX = "/__vendor__/"
 CHAPTER_DIR = "notebooks/"  # the numbered chapters

@@ -36,10 +36,10 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 if [ ! -f .cache/browser/node_modules/mathjax/es5/tex-mml-chtml.js ] \
-   || [ ! -f .cache/browser/node_modules/plotly.js-dist-min/plotly.min.js ]; then
+   || [ ! -f .cache/browser/node_modules/plotly.js-basic-dist-min/plotly-basic.min.js ]; then
   mkdir -p .cache/browser
   npm install --prefix .cache/browser --silent --no-audit --no-fund --no-save \
-    mathjax@3 requirejs@2 plotly.js-dist-min >/dev/null
+    mathjax@3 requirejs@2 plotly.js-basic-dist-min >/dev/null
 fi
 # --- end browser check
 echo "install: done ($("$VPY" -c 'import qlearn; print("qlearn", qlearn.__version__)'))"

@@ -49,6 +49,17 @@ def test_bad_input_is_a_value_error():
         static.Control("a", "a", [1, 2], 3)
     with pytest.raises(ValueError, match="identifier"):
         static.Control("a b", "a", [1], 1)
+    heat = go.Figure([go.Heatmap(z=[[1, 2]])])
+    with pytest.raises(ValueError, match="basic bundle"):
+        static.html(heat, controls, {k: {"traces": [{}]} for k in frames}, "t")
+
+
+def test_the_page_loads_plotly_basic_once_per_figure():
+    fig, controls, frames = _fig_and_frames()
+    html = static.html(fig, controls, frames, "t2")
+    assert html.count("<script charset=\"utf-8\" src=") == 1
+    assert static.plotly_js_url() in html and "plotly-basic.min.js" in html
+    assert "cdn.plot.ly" not in html
 
 
 def test_uniform_interactive_frames_agree_with_the_static_figure():
