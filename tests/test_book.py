@@ -63,30 +63,22 @@ COLAB_EXERCISE = re.compile(
     r"(exercises/[\w.-]+\.ipynb)")
 
 
+# what each check finds, as a list of places (empty: the notebook passes)
+NOTEBOOK_CHECKS = {
+    f"code lines over {nbtools.MAX_LINE} characters":
+        lambda nb: [f"cell {i}: {line!r}" for i, line in nbtools.long_lines(nb)],
+    "saved widget state (run scripts/nbtools.py strip)": nbtools.widget_leftovers,
+    "figure outputs without mystnb.figure.caption and mystnb.image.alt":
+        nbtools.uncaptioned_figures,
+    "chapter skeleton (DEVELOPING.md, Session 3)": nbtools.skeleton_problems,
+}
+
+
+@pytest.mark.parametrize("check", NOTEBOOK_CHECKS)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_code_lines_fit_the_column(path):
-    bad = nbtools.long_lines(nbformat.read(path, as_version=4))
-    assert not bad, (f"{path.name}: {len(bad)} code lines over {nbtools.MAX_LINE} "
-                     f"characters, first in cell {bad[0][0]}: {bad[0][1]!r}")
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_no_widget_state_saved(path):
-    found = nbtools.widget_leftovers(nbformat.read(path, as_version=4))
-    assert not found, f"{path.name}: widget state saved in {found}; run nbtools.py strip"
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_every_figure_has_caption_and_alt_text(path):
-    bad = nbtools.uncaptioned_figures(nbformat.read(path, as_version=4))
-    assert not bad, (f"{path.name}: figure outputs without mystnb.figure.caption and "
-                     f"mystnb.image.alt cell metadata: {bad}")
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_chapter_follows_the_skeleton(path):
-    problems = nbtools.skeleton_problems(nbformat.read(path, as_version=4))
-    assert not problems, f"{path.name}: {problems}"
+def test_notebook_passes_the_book_lint(path, check):
+    found = NOTEBOOK_CHECKS[check](nbformat.read(path, as_version=4))
+    assert not found, f"{path.name}: {check}: {len(found)}, first {found[:3]}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -132,3 +124,24 @@ def test_multitoc_numbering_is_on():
 
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     assert config.get("sphinx", {}).get("config", {}).get("use_multitoc_numbering", True)
+
+
+def test_the_book_lint_finds_each_problem():
+    """A test of the tests above: a notebook with one of each problem fails every check."""
+    nb = nbformat.v4.new_notebook()
+    wide = nbformat.v4.new_code_cell("x = 1" + " " * 80 + "# too wide")
+    widget = nbformat.v4.new_code_cell("explore(W)")
+    widget.outputs = [nbformat.v4.new_output(
+        "display_data", {nbtools.WIDGET_VIEW: {"model_id": "m"}, "text/plain": "w"})]
+    figure = nbformat.v4.new_code_cell("plt.show()")
+    figure.outputs = [nbformat.v4.new_output("display_data", {"image/png": "iVBOR"})]
+    nb.cells = [nbformat.v4.new_markdown_cell("# 3. Title\n\n## Summary\n\n## Goals"),
+                wide, widget, figure]
+    nb.metadata["widgets"] = {nbtools.WIDGET_STATE: {"state": {}}}
+    for check, find in NOTEBOOK_CHECKS.items():
+        assert find(nb), f"{check} found nothing"
+    skeleton = nbtools.skeleton_problems(nb)
+    assert any("carries a number" in p for p in skeleton)
+    assert "'## Summary' is out of order" in skeleton
+    assert "no '## Exercises' section" in skeleton
+    assert nbtools.strip_widgets(nb) == 1 and not nbtools.widget_leftovers(nb)
