@@ -11,7 +11,8 @@
     python scripts/nbtools.py strip NB.ipynb [...]       drop saved widget state/views (no execution)
     python scripts/nbtools.py lint NB.ipynb [...]        report what the book's tests reject: code
                                                           lines over 79 characters, saved widget
-                                                          state, figures without caption/alt text,
+                                                          state, figures without caption/alt text
+                                                          or wider than 7 in,
                                                           a missing skeleton section; exit 1 if any
 The repository url comes from _config.yml (the one place it is set).
 """
@@ -32,6 +33,9 @@ MAX_LINE = 79  # characters per code line: what the book's column shows without 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/svg+xml")
+# Widest PNG a figure may save: 7 in at the inline backend's 100 dpi, plus what bbox "tight"
+# adds. Wider, and the book shrinks it (labels unreadable); the browser check sees that too.
+MAX_FIGURE_PX = 720
 # The chapter skeleton (DEVELOPING.md, "Session 3"): level-2 headings every chapter has, in order.
 SKELETON = ("Goals", "Summary", "Exercises", "Interview questions")
 
@@ -160,6 +164,22 @@ def uncaptioned_figures(nb) -> list[str]:
     return bad
 
 
+def wide_figures(nb) -> list[str]:
+    """PNG outputs wider than MAX_FIGURE_PX (the width is read from the PNG header)."""
+    import base64
+    import struct
+
+    bad = []
+    for i, c in enumerate(nb.cells):
+        for o in c.get("outputs", []) if c.cell_type == "code" else []:
+            data = o.get("data", {}).get("image/png")
+            if data:
+                width = struct.unpack(">I", base64.b64decode(data[:32])[16:20])[0]
+                if width > MAX_FIGURE_PX:
+                    bad.append(f"cell {i}: {width} px")
+    return bad
+
+
 def skeleton_problems(nb) -> list[str]:
     """What is missing from the chapter skeleton: an unnumbered '# Title' first, then the
     SKELETON level-2 sections in order, and an interview.show cell."""
@@ -188,6 +208,7 @@ def lint(nb) -> list[str]:
     out = [f"cell {i}: {len(line)} chars: {line}" for i, line in long_lines(nb)]
     out += [f"widget state saved: {w}" for w in widget_leftovers(nb)]
     out += [f"figure without caption/alt: {b}" for b in uncaptioned_figures(nb)]
+    out += [f"figure wider than {MAX_FIGURE_PX} px: {b}" for b in wide_figures(nb)]
     out += [f"skeleton: {p}" for p in skeleton_problems(nb)]
     return out
 

@@ -1,6 +1,8 @@
 """Consistency of the book: toc, Colab cells, notebook metadata, exercise pairs."""
 
+import base64
 import re
+import struct
 import sys
 from pathlib import Path
 
@@ -70,6 +72,7 @@ NOTEBOOK_CHECKS = {
     "saved widget state (run scripts/nbtools.py strip)": nbtools.widget_leftovers,
     "figure outputs without mystnb.figure.caption and mystnb.image.alt":
         nbtools.uncaptioned_figures,
+    f"figures wider than {nbtools.MAX_FIGURE_PX} px (figsize over 7 in)": nbtools.wide_figures,
     "chapter skeleton (DEVELOPING.md, Session 3)": nbtools.skeleton_problems,
 }
 
@@ -134,7 +137,9 @@ def test_the_book_lint_finds_each_problem():
     widget.outputs = [nbformat.v4.new_output(
         "display_data", {nbtools.WIDGET_VIEW: {"model_id": "m"}, "text/plain": "w"})]
     figure = nbformat.v4.new_code_cell("plt.show()")
-    figure.outputs = [nbformat.v4.new_output("display_data", {"image/png": "iVBOR"})]
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + struct.pack(">II", 1100, 400)
+                           + b"\x08\x02\0\0\0").decode()
+    figure.outputs = [nbformat.v4.new_output("display_data", {"image/png": png})]
     nb.cells = [nbformat.v4.new_markdown_cell("# 3. Title\n\n## Summary\n\n## Goals"),
                 wide, widget, figure]
     nb.metadata["widgets"] = {nbtools.WIDGET_STATE: {"state": {}}}
