@@ -106,4 +106,19 @@ fi
 # --- 4. Jupyter kernel --------------------------------------------------------------------------------
 "$VPY" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (qlearn)" >/dev/null
 stage kernel "registered the python3 kernel of .venv"
+# --- 5. the browser check's tools (scripts/browser_check.py): headless Chromium and its driver
+# from Debian (only when missing), and the CDN scripts the book's pages load, from npm, into the
+# ignored .cache/browser (the check serves them locally: it runs offline).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "install: browser apt-get install chromium chromium-driver (about 1 minute)"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+if [ ! -f .cache/browser/node_modules/mathjax/es5/tex-mml-chtml.js ] \
+   || [ ! -f .cache/browser/node_modules/plotly.js-basic-dist-min/plotly-basic.min.js ]; then
+  mkdir -p .cache/browser
+  npm install --prefix .cache/browser --silent --no-audit --no-fund --no-save \
+    mathjax@3 requirejs@2 plotly.js-basic-dist-min >/dev/null
+fi
+stage browser "chromium, chromedriver and the pages' scripts are in place"
 echo "install: done. Activate with: source .venv/bin/activate"

@@ -6,7 +6,14 @@
     python scripts/nbtools.py topy NB.ipynb OUT.py       the reverse, for editing
     python scripts/nbtools.py colab NB.ipynb [...]       (re)write the Colab install cell (first cell)
     python scripts/nbtools.py run NB.ipynb [...]         execute in place (cwd = the notebook's folder),
-                                                          saving outputs; fails on any error
+                                                          saving outputs; fails on any error. Saves
+                                                          no widget state and no tqdm bars.
+    python scripts/nbtools.py strip NB.ipynb [...]       drop saved widget state/views (no execution)
+    python scripts/nbtools.py lint NB.ipynb [...]        report what the book's tests reject: code
+                                                          lines over 79 characters, saved widget
+                                                          state, figures without caption/alt text
+                                                          or wider than 7 in,
+                                                          a missing skeleton section; exit 1 if any
 The repository url comes from _config.yml (the one place it is set).
 """
 
@@ -22,6 +29,15 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
 COLAB_MARK = "# Colab only: install qlearn"
+MAX_LINE = 79  # characters per code line: what the book's column shows without a scrollbar
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+IMAGE_MIMES = ("image/png", "image/jpeg", "image/svg+xml")
+# Widest PNG a figure may save: 7 in at the inline backend's 100 dpi, plus what bbox "tight"
+# adds. Wider, and the book shrinks it (labels unreadable); the browser check sees that too.
+MAX_FIGURE_PX = 720
+# The chapter skeleton (DEVELOPING.md, "Session 3"): level-2 headings every chapter has, in order.
+SKELETON = ("Goals", "Summary", "Exercises", "Interview questions")
 
 
 def repo_url() -> str:
@@ -104,6 +120,99 @@ def topy(nb_path: Path, out: Path) -> None:
     out.write_text("\n\n".join(parts) + "\n")
 
 
+def strip_widgets(nb) -> int:
+    """Drop saved widget state (notebook metadata) and widget views (outputs); return how many
+    outputs were dropped. The static book has no kernel: a saved widget renders as dead controls."""
+    nb.metadata.pop("widgets", None)
+    dropped = 0
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        keep = [o for o in c.outputs if WIDGET_VIEW not in o.get("data", {})]
+        dropped += len(c.outputs) - len(keep)
+        c.outputs = keep
+    return dropped
+
+
+def long_lines(nb) -> list[tuple[int, str]]:
+    """(cell index, line) for every code line over MAX_LINE characters."""
+    return [(i, line) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+            for line in c.source.split("\n") if len(line) > MAX_LINE]
+
+
+def widget_leftovers(nb) -> list[str]:
+    """Where widget state or views are saved in ``nb`` (empty if none)."""
+    found = ["notebook metadata 'widgets'"] if nb.metadata.get("widgets") else []
+    found += [f"cell {i}" for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              and any(WIDGET_VIEW in o.get("data", {}) or WIDGET_STATE in o.get("data", {})
+                      for o in c.outputs)]
+    return found
+
+
+def uncaptioned_figures(nb) -> list[str]:
+    """Cells with an image output but no figure caption or no image alt text in their metadata."""
+    bad = []
+    for i, c in enumerate(nb.cells):
+        if c.cell_type != "code" or not any(
+                m in o.get("data", {}) for o in c.outputs for m in IMAGE_MIMES):
+            continue
+        meta = c.metadata.get("mystnb", {})
+        caption = meta.get("figure", {}).get("caption", "").strip()
+        alt = meta.get("image", {}).get("alt", "").strip()
+        if not caption or not alt:
+            bad.append(f"cell {i}: caption {bool(caption)}, alt {bool(alt)}")
+    return bad
+
+
+def wide_figures(nb) -> list[str]:
+    """PNG outputs wider than MAX_FIGURE_PX (the width is read from the PNG header)."""
+    import base64
+    import struct
+
+    bad = []
+    for i, c in enumerate(nb.cells):
+        for o in c.get("outputs", []) if c.cell_type == "code" else []:
+            data = o.get("data", {}).get("image/png")
+            if data:
+                width = struct.unpack(">I", base64.b64decode(data[:32])[16:20])[0]
+                if width > MAX_FIGURE_PX:
+                    bad.append(f"cell {i}: {width} px")
+    return bad
+
+
+def skeleton_problems(nb) -> list[str]:
+    """What is missing from the chapter skeleton: an unnumbered '# Title' first, then the
+    SKELETON level-2 sections in order, and an interview.show cell."""
+    heads = [line for c in nb.cells if c.cell_type == "markdown"
+             for line in c.source.split("\n") if line.startswith("#")]
+    problems = []
+    if not heads or not heads[0].startswith("# "):
+        problems.append("the first heading is not a level-1 '# Title'")
+    elif re.match(r"# (Chapter )?\d", heads[0]):
+        problems.append(f"the title carries a number (the toc numbers chapters): {heads[0]!r}")
+    h2 = [h[3:].strip() for h in heads if h.startswith("## ")]
+    pos = -1
+    for name in SKELETON:
+        if name not in h2:
+            problems.append(f"no '## {name}' section")
+        elif h2.index(name) < pos:
+            problems.append(f"'## {name}' is out of order")
+        else:
+            pos = h2.index(name)
+    if not any(c.cell_type == "code" and "interview.show(" in c.source for c in nb.cells):
+        problems.append("no interview.show(...) cell")
+    return problems
+
+
+def lint(nb) -> list[str]:
+    out = [f"cell {i}: {len(line)} chars: {line}" for i, line in long_lines(nb)]
+    out += [f"widget state saved: {w}" for w in widget_leftovers(nb)]
+    out += [f"figure without caption/alt: {b}" for b in uncaptioned_figures(nb)]
+    out += [f"figure wider than {MAX_FIGURE_PX} px: {b}" for b in wide_figures(nb)]
+    out += [f"skeleton: {p}" for p in skeleton_problems(nb)]
+    return out
+
+
 def run(nb_path: Path) -> None:
     from nbclient import NotebookClient
 
@@ -113,9 +222,13 @@ def run(nb_path: Path) -> None:
     set_colab_cell(nb)
     # The kernel inherits our environment: MPLBACKEND=Agg there would silently drop every figure.
     os.environ.pop("MPLBACKEND", None)
+    # No progress bars in saved outputs (tqdm >= 4.66 reads TQDM_* variables); Colab keeps them.
+    os.environ["TQDM_DISABLE"] = "1"
     t = time.time()
+    # (nbclient needs its widget bookkeeping while it runs: the state is dropped afterwards)
     NotebookClient(nb, timeout=900, kernel_name="python3", record_timing=False,
                    resources={"metadata": {"path": str(nb_path.parent)}}).execute()
+    strip_widgets(nb)
     nbformat.write(nb, nb_path)
     print(f"{nb_path}: executed in {time.time() - t:.1f} s")
 
@@ -137,6 +250,18 @@ def main(argv: list[str]) -> None:
     elif cmd == "run":
         for p in map(Path, rest):
             run(p)
+    elif cmd == "strip":
+        for p in map(Path, rest):
+            nb = nbformat.read(p, as_version=4)
+            print(f"{p}: dropped {strip_widgets(nb)} widget outputs")
+            nbformat.write(nb, p)
+    elif cmd == "lint":
+        bad = 0
+        for p in map(Path, rest):
+            for problem in lint(nbformat.read(p, as_version=4)):
+                print(f"{p}: {problem}")
+                bad += 1
+        sys.exit(1 if bad else 0)
     else:
         sys.exit(__doc__)
 

@@ -46,4 +46,11 @@ rm -rf _build
 echo "book: $(find _build/html -name '*.html' | wc -l) HTML pages under _build/html"
 stage_end
 
+stage_begin "browser check and link check of _build/html" browser
+# every page in headless Chromium, screenshots as artifacts under _build/screenshots
+$PY scripts/browser_check.py _build/html --shots _build/screenshots
+# linkchecker follows every local link and anchor (external urls: syntax only, offline)
+.venv/bin/linkchecker --no-status --no-warnings _build/html/index.html
+stage_end
+
 echo "timings: $TIMINGS, total $(( $(date +%s) - T0 )) s"

@@ -39,7 +39,7 @@ def plot_ratio(W: torch.Tensor, X: torch.Tensor, ratio: float = 0.5, w_bit: int 
         search = awq.search_scale(W, X, w_bit, group_size)
     loss, s = ratio_loss(W, X, ratio, w_bit, group_size)
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        _, axes = plt.subplots(1, 2, figsize=(7, 3.4))
     ax = axes[0]
     ax.plot(search.ratio_grid.numpy(), search.loss_history.numpy(), "o-", ms=3, label="grid search")
     ax.plot([ratio], [loss], "s", color="#c44e52", ms=8, label=f"r = {ratio:.2f}: {loss:.3e}")

@@ -37,7 +37,7 @@ def plot_range(x, method: str = "percentile", p: float = calibration.DEFAULT_PER
     info = range_summary(x, method, p, bits)
     r = info["range"]
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3.6))
+        _, ax = plt.subplots(figsize=(7, 3.4))
     flat = np.asarray(x, dtype=np.float64).ravel()
     ax.hist(flat, bins=HIST_BINS, color="#4c72b0", alpha=0.85, label=title)
     ax.axvspan(r.lo, r.hi, color="#dd8452", alpha=0.15)

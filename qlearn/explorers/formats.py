@@ -58,10 +58,10 @@ def _draw_fields(ax, y, segments, bits=None, cell=1.0):
             ax.add_patch(_rect((x0 + i) * cell, y, cell, 0.8, colour))
             if bits is not None:
                 ax.text((x0 + i + 0.5) * cell, y + 0.4, bits[x0 + i], ha="center", va="center",
-                        fontsize=7, family="monospace")
+                        fontsize=8, family="monospace")
         if bits is None:
             text = f"{label} {n}" if n >= 2 + len(label) // 2 else str(n)
-            ax.text((x0 + n / 2) * cell, y + 0.4, text, ha="center", va="center", fontsize=7)
+            ax.text((x0 + n / 2) * cell, y + 0.4, text, ha="center", va="center", fontsize=8)
         x0 += n
     return x0
 
@@ -77,18 +77,20 @@ def plot_layouts(ax=None):
 
     layouts = F.LAYOUTS
     if ax is None:
-        _, ax = plt.subplots(figsize=(10, 0.45 * len(layouts) + 0.6))
+        _, ax = plt.subplots(figsize=(7, 0.45 * len(layouts) + 0.6))
     for i, lay in enumerate(layouts):
         y = len(layouts) - 1 - i
         segs = [(lab, n, FIELD_COLOURS.get(lab, OTHER_COLOUR)) for lab, n in lay.fields]
         end = _draw_fields(ax, y, segs, cell=1.0)
         ax.text(-0.5, y + 0.4, f"{lay.name} ({lay.bits} bits)", ha="right", va="center", fontsize=9)
-        ax.text(end + 0.5, y + 0.4, lay.description, ha="left", va="center", fontsize=7, color="0.3")
+        ax.text(end + 0.5, y + 0.4, lay.description, ha="left", va="center", fontsize=8, color="0.3")
     ax.set_xlim(-9, 52)
     ax.set_ylim(-0.3, len(layouts))
     ax.axis("off")
     handles = [_rect(0, 0, 1, 1, c) for c in (*FIELD_COLOURS.values(), OTHER_COLOUR)]
-    ax.legend(handles, [*FIELD_COLOURS, "integer / index"], loc="lower right", fontsize=7, ncol=4)
+    # below the rows, so it covers none of them
+    ax.legend(handles, [*FIELD_COLOURS, "integer / index"], loc="upper center",
+              bbox_to_anchor=(0.5, 0.0), fontsize=8, ncol=4, frameon=False)
     ax.set_title("Bit layouts, most significant bit on the left (one box = one bit)")
     return ax
 
@@ -99,7 +101,7 @@ def plot_bits(value, formats=FLOAT_FORMATS, ax=None):
 
     rows = bit_rows(value, formats)
     if ax is None:
-        _, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 0.7))
+        _, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 0.7))
     for i, row in enumerate(rows):
         f = F.spec(row["format"])
         y = len(rows) - 1 - i
@@ -146,7 +148,7 @@ def plot_relative_error(formats=("fp16", "bf16", "fp8_e4m3", "fp8_e5m2"), lo=1e-
     import matplotlib.pyplot as plt
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(10, 4.5))
+        _, ax = plt.subplots(figsize=(7, 4))
     top = 10.0
     for name in formats:
         f = F.spec(name)

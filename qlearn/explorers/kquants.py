@@ -33,7 +33,7 @@ def draw_bytes(ax, info: dict, per_line: int = BYTES_PER_LINE) -> None:
                 family="monospace")
     handles = [plt.Rectangle((0, 0), 1, 1, color=FIELD_COLOURS.get(n, "#bab0ac")) for n, *_ in info["fields"]]
     labels = [f"{n} [{a}:{b}]" for n, a, b, _ in info["fields"]]
-    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.set_xlim(0, per_line)
     ax.set_ylim(-nlines, 0)
     ax.set_aspect("equal")
@@ -47,7 +47,7 @@ def plot_block(x: np.ndarray, qtype: str = "Q4_K", row: int = 0, block: int = 0,
     info = kquants.describe_block(q, qtype, row, block)
     t = kquants.QTYPES[qtype]
     xb = x[row, block * t.block_size:(block + 1) * t.block_size]
-    fig = plt.figure(figsize=(10, 6.2))
+    fig = plt.figure(figsize=(7, 5.4))
     gs = fig.add_gridspec(2, 2, height_ratios=[1.1, 1], width_ratios=[1, 1.25])
     draw_bytes(fig.add_subplot(gs[0, 0]), info)
 
@@ -63,7 +63,7 @@ def plot_block(x: np.ndarray, qtype: str = "Q4_K", row: int = 0, block: int = 0,
             ax.bar(pos + width / 2, info["sub_mins"], width, color=FIELD_COLOURS["dmin"],
                    label="sub-block min code")
         ax.set_xlabel(f"sub-block ({sub} weights each)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8)
         title = f"d = {info['d']:.4g}" + ("" if info["dmin"] is None else f", dmin = {info['dmin']:.4g}")
     else:
         ax.hist(info["codes"], bins=np.arange(info["codes"].min() - 0.5, info["codes"].max() + 1.5),
@@ -83,7 +83,7 @@ def plot_block(x: np.ndarray, qtype: str = "Q4_K", row: int = 0, block: int = 0,
     ax.set_title(f"{qtype} block {block} of row {row}: {t.bits_per_weight:.4g} bits/weight, "
                  f"RMSE {rmse:.4f}", fontsize=9)
     ax.set_xlabel("element in block")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     return fig
 
