@@ -16,6 +16,8 @@ Q8_REF_RTOL = 1e-4
 # (half a step of max|x_block| / 127 per entry) compounds through the layers. Stated bound,
 # relative to the logits' standard deviation, measured ~0.01-0.05 on qlearn-tiny.
 F32_REF_REL = 0.15
+CACHED_REL = 2e-2
+MATVEC_RTOL = 1e-5  # the kernels' float32 tolerance (tests/test_kernels.py)
 TYPES = ("Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q4_K_M", "Q5_K")
 
 
@@ -85,6 +87,18 @@ def test_types_and_bytes(tiny, quantized):
                                                     adapters.find_linears(m, include_lm_head=True).values())
 
 
+def test_bf16_baseline(tiny, prompt):
+    from qlearn.models.quantized import BF16Linear
+
+    qm = quantize_for_inference(tiny[0], "BF16")
+    lins = adapters.find_linears(qm, include_lm_head=True)
+    assert all(isinstance(v, BF16Linear) for v in lins.values())
+    assert sum(weight_bytes(qm).values()) == 2 * sum(v.weight.numel() for v in lins.values())
+    with torch.no_grad():
+        a, b = qm(prompt), tiny[0](prompt)
+    assert (a - b).abs().max() <= 0.1 * b.std()  # bfloat16 keeps 8 significant bits
+
+
 def test_row_length_fallback_like_llama_cpp():
     from qlearn.models import LlamaConfig, LlamaModel
     from qlearn.models.quantized import _plan
@@ -152,3 +166,60 @@ def test_smollm2_q4_k_m_decode_and_prefill(smol):
         got = qm(one)
         want = dequantized_model(qm, activations="q8")(one)
     assert torch.allclose(got, want, rtol=0, atol=Q8_REF_RTOL * want.abs().max().item())
+
+
+def test_cached_decode_steps_use_the_fused_path(quantized, prompt):
+    """Prefill into a KV cache, then one token per step. Inside every step each quantized
+    linear equals the readable reference on the very input it got (float64, same 8-bit
+    activations) to float32 rounding. Across the model, float32 rounding can flip an
+    activation code in a later layer (a jump of one q8 step), so the logits are compared
+    with a looser bound, CACHED_REL, relative to the largest |logit|."""
+    qm = quantized("Q4_K_M")
+    ref = dequantized_model(qm, activations="q8")
+    checked = []
+
+    def check(mod, args, out):
+        x = args[0]
+        if x.numel() != mod.in_features:
+            return
+        xv = x.reshape(-1).numpy()
+        want = kernels.matvec_reference(mod.q, mod.qtype, xv)
+        W = mod.dequantized_weight().double().numpy()
+        scale = np.abs(W) @ np.abs(xv.astype(np.float64)) * 1.01  # |activation codes| <= |x| * 1.01
+        assert np.all(np.abs(out.reshape(-1).numpy() - want) <= MATVEC_RTOL * scale + 1e-30)
+        checked.append(mod.qtype)
+
+    hooks = [m.register_forward_hook(check) for m in adapters.find_linears(qm, True).values()]
+    ca, cb = qm.new_cache(), ref.new_cache()
+    try:
+        with torch.no_grad():
+            a, b = qm(prompt, cache=ca), ref(prompt, cache=cb)
+            tok = a[:, -1].argmax(-1, keepdim=True)
+            for _ in range(3):
+                a, b = qm(tok, cache=ca), ref(tok, cache=cb)
+                assert (a - b).abs().max() <= CACHED_REL * b.abs().max()
+                assert a.argmax() == b.argmax()
+                tok = a[:, -1].argmax(-1, keepdim=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert ca.length == prompt.shape[1] + 3
+    assert set(checked) == {"Q4_K", "Q6_K"} and len(checked) == 3 * len(adapters.find_linears(qm, True))
+
+
+def test_speed_helpers(tiny, quantized, prompt):
+    from qlearn import speed
+
+    assert speed.triad_bandwidth(1 << 16, repeats=2) > 0
+    assert speed.matmul_flops(64, repeats=2) > 0
+    r = speed.tokens_per_second(quantized("Q8_0"), prompt[0], new_tokens=2, repeats=1)
+    assert set(r) == {"prefill", "decode"} and min(r.values()) > 0
+    split = speed.decode_time_split(quantized("Q4_K"), prompt, steps=2)
+    assert set(split) == set(speed.SPLIT_PARTS) and split["linears"] > 0
+    assert split["activation quantization"] > 0
+    with pytest.raises(ValueError, match="n must be"):
+        speed.triad_bandwidth(10)
+    with pytest.raises(ValueError, match="prompt must be"):
+        speed.tokens_per_second(tiny[0], torch.zeros(2, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="KV cache"):
+        speed.tokens_per_second(torch.nn.Linear(2, 2), prompt)

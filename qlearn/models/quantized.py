@@ -26,7 +26,7 @@ from torch import nn
 
 from qlearn import adapters, gguf_mixes, kernels
 
-__all__ = ["QuantizedLinear", "quantize_for_inference", "dequantized_model", "gguf_name",
+__all__ = ["QuantizedLinear", "BF16Linear", "quantize_for_inference", "dequantized_model", "gguf_name",
            "weight_bytes"]
 
 # qlearn (Hugging Face) linear names -> GGUF tensor names, for llama.cpp's mix rules
@@ -133,6 +133,24 @@ class QuantizedLinear(nn.Module):
                 f"bytes={self.nbytes}")
 
 
+class BF16Linear(nn.Module):
+    """A linear stored in bfloat16 (2 bytes per weight) and computed by ``torch`` in bfloat16
+    (the input rounded to bfloat16, float32 out): the 16-bit baseline of chapter 13.
+
+    forward: x (..., in_features) float32 -> (..., out_features) float32.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(linear.weight.detach().to(torch.bfloat16).clone(), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(
+            linear.bias.detach().to(torch.bfloat16).clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x.to(torch.bfloat16), self.weight, self.bias).float()
+
+
 def _plan(model: nn.Module, qtype_or_mix: str, include_lm_head: bool) -> dict[str, str]:
     """{linear name: ggml type or "F32"/"F16"} for a single type or a llama.cpp mix."""
     if not isinstance(qtype_or_mix, str):
@@ -151,9 +169,11 @@ def _plan(model: nn.Module, qtype_or_mix: str, include_lm_head: bool) -> dict[st
                                                 tied_embeddings=tied, n_cols=lin.in_features)
         return plan
     up = qtype_or_mix.upper()
+    if up == "BF16":
+        return {name: "BF16" for name in linears}
     if up not in kernels.SUPPORTED:
         raise ValueError(f"unknown qtype_or_mix {qtype_or_mix!r}: expected a type in "
-                         f"{', '.join(kernels.SUPPORTED)} or a mix in {', '.join(gguf_mixes.MIXES)}")
+                         f"{', '.join(kernels.SUPPORTED)}, BF16, or a mix in {', '.join(gguf_mixes.MIXES)}")
     plan = {}
     for name, lin in linears.items():
         t = up
@@ -172,7 +192,8 @@ def quantize_for_inference(model: nn.Module, qtype_or_mix: str, *, include_lm_he
 
     qtype_or_mix: one ggml type for every linear ("Q4_K", "Q6_K", "Q8_0", ..., with llama.cpp's
         fallback when a row length is not a multiple of the block: Q4_K -> Q5_0, Q6_K -> Q8_0)
-        or a llama.cpp mix ("Q4_K_M", ...: per-tensor types by :mod:`qlearn.gguf_mixes`).
+        or a llama.cpp mix ("Q4_K_M", ...: per-tensor types by :mod:`qlearn.gguf_mixes`), or
+        "BF16" (every linear a :class:`BF16Linear`, the 16-bit baseline).
         Tensors a mix leaves in F16 stay float linears (rounded through float16).
     include_lm_head: quantize the LM head too (llama.cpp does; with tied embeddings the input
         embedding stays float32 for the row lookup).
@@ -186,6 +207,8 @@ def quantize_for_inference(model: nn.Module, qtype_or_mix: str, *, include_lm_he
 
     def make(name, lin):
         t = plan[name]
+        if t == "BF16":
+            return BF16Linear(lin)
         if t in FLOAT_TYPES:
             new = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
             w = lin.weight.detach()
@@ -204,9 +227,10 @@ def quantize_for_inference(model: nn.Module, qtype_or_mix: str, *, include_lm_he
 class _RoundedInputLinear(nn.Module):
     """Reference for the decode path: ``W @ round_q8(x)`` in float64, W the dequantized weights.
 
-    Each row of x is quantized to the 8-bit activation format of the weight type (Q8_K blocks
-    of 256 for k-quants, Q8_0 blocks of 32 for Q8_0/Q5_0) and dequantized again, exactly the
-    operand the fused kernels multiply by.
+    A one-token input (what the fused path handles) is quantized to the 8-bit activation format
+    of the weight type (Q8_K blocks of 256 for k-quants, Q8_0 blocks of 32 for Q8_0/Q5_0) and
+    dequantized again, exactly the operand the fused kernels multiply by. Several tokens (the
+    prefill path) are multiplied in float32 like ``nn.Linear``.
     """
 
     def __init__(self, weight: torch.Tensor, qtype: str, bias: torch.Tensor | None):
@@ -216,6 +240,8 @@ class _RoundedInputLinear(nn.Module):
         self.q8_0 = qtype in kernels._Q8_0_ACTIVATIONS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() != x.shape[-1]:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
         rows = x.detach().reshape(-1, x.shape[-1]).numpy()
         xh = np.empty(rows.shape, dtype=np.float64)
         for r, v in enumerate(rows):
@@ -235,10 +261,11 @@ def dequantized_model(qmodel: nn.Module, activations: str = "f32") -> nn.Module:
     """A float copy of a :func:`quantize_for_inference` model, the reference it is tested with.
 
     Each QuantizedLinear becomes a linear holding its exact dequantized weights (float32).
-    activations: "f32" (an ``nn.Linear``: the prefill path equals it exactly) or "q8" (each input
-        row rounded to the kernels' 8-bit activation format first, products in float64: the
-        decode path equals it up to float32 rounding; types without a fused kernel, whose
-        decode path keeps float32 activations, stay ``nn.Linear``).
+    activations: "f32" (an ``nn.Linear``: the prefill path equals it exactly) or "q8" (a
+        one-token input rounded to the kernels' 8-bit activation format first, products in
+        float64: the decode path equals it up to float32 rounding; several tokens as "f32";
+        types without a fused kernel, whose decode path keeps float32 activations, stay
+        ``nn.Linear``).
     """
     if activations not in ("f32", "q8"):
         raise ValueError(f"activations must be 'f32' or 'q8', got {activations!r}")
@@ -268,6 +295,8 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
     for name, m in adapters.find_linears(model, include_lm_head=True).items():
         if isinstance(m, QuantizedLinear):
             out[name] = m.nbytes
+        elif isinstance(m, BF16Linear):
+            out[name] = m.weight.numel() * 2
         else:
             out[name] = m.weight.numel() * m.weight.element_size()
     return out
