@@ -27,7 +27,7 @@ import torch
 from numba import njit, prange
 
 __all__ = ["triad_bandwidth", "matmul_flops", "tokens_per_second", "decode_time_split",
-           "llama_bench", "TRIAD_BYTES_PER_ELEMENT"]
+           "llama_bench", "smollm2_gguf", "TRIAD_BYTES_PER_ELEMENT"]
 
 TRIAD_BYTES_PER_ELEMENT = 24  # read b, read c, write a: 3 float64 (STREAM's count)
 TRIAD_ELEMENTS = 1 << 23  # 64 MiB per float64 array, twice the 32 MiB L3 of the book's machine
@@ -249,3 +249,24 @@ def llama_bench(gguf_file, n_gen: int = 32, n_prompt: int = 64, threads: int = 1
         res[key] = float(row["avg_ts"])
     return res
 
+
+
+def smollm2_gguf(mix: str = "Q4_K_M"):
+    """Path of SmolLM2-135M as a llama.cpp ``mix`` GGUF (made once with ``llama-quantize
+    --allow-requantize`` from the wheel's Q4_1 file, cached beside it).
+
+    Requantizing from Q4_1 costs accuracy, not speed: the file has the same tensor types and
+    sizes as one quantized from float16, which is what a speed comparison needs.
+    """
+    from qlearn import gguf_mixes, llama_cpp
+    from qlearn.models.smollm2 import gguf_path
+
+    if mix not in gguf_mixes.MIXES:
+        raise ValueError(f"mix must be one of {', '.join(gguf_mixes.MIXES)}, got {mix!r}")
+    src = gguf_path()
+    dst = src.with_name(f"SmolLM2-135M-Instruct.{mix}.requantized.gguf")
+    if not dst.exists():
+        tmp = dst.with_suffix(".part")
+        llama_cpp.run("llama-quantize", "--allow-requantize", str(src), str(tmp), mix)
+        tmp.rename(dst)
+    return dst
