@@ -233,22 +233,37 @@ def llama_bench(gguf_file, n_gen: int = 32, n_prompt: int = 64, threads: int = 1
     """llama.cpp's ``llama-bench -n n_gen -p n_prompt -t threads`` on a GGUF file.
 
     Returns {"prefill": tokens/s (pp test), "decode": tokens/s (tg test)} as llama-bench reports
-    them (wall clock, mean over ``repetitions``). Needs the tools from ``scripts/llama_cpp.sh``.
+    them (wall clock, mean over ``repetitions``), and "decode_cpu": decode tokens/s from CPU time,
+    comparable with :func:`tokens_per_second` on a loaded machine. It is estimated from two more
+    runs, ``-n n_gen`` and ``-n 1`` (no prompt test): the difference of their CPU time (user + sys
+    of the child process) is ``repetitions * (n_gen - 1)`` decode steps, so loading the model and
+    the warm-up cancel out (approximately: single-threaded runs only).
+    Needs the tools from ``scripts/llama_cpp.sh``.
     """
     import json
+    import resource
 
     from qlearn import llama_cpp
 
-    out = llama_cpp.run("llama-bench", "-m", str(gguf_file), "-n", str(n_gen), "-p", str(n_prompt),
-                        "-t", str(threads), "-r", str(repetitions), "-o", "json")
+    if n_gen < 2 or n_prompt < 1 or threads < 1 or repetitions < 1:
+        raise ValueError(f"need n_gen >= 2, n_prompt, threads, repetitions >= 1; got {n_gen}, "
+                         f"{n_prompt}, {threads}, {repetitions}")
+    common = ("-m", str(gguf_file), "-t", str(threads), "-r", str(repetitions), "-o", "json")
+    out = llama_cpp.run("llama-bench", "-n", str(n_gen), "-p", str(n_prompt), *common)
     text = out.stdout
-    rows = json.loads(text[text.index("["):])
     res = {}
-    for row in rows:
-        key = "decode" if row.get("n_gen", 0) > 0 else "prefill"
-        res[key] = float(row["avg_ts"])
-    return res
+    for row in json.loads(text[text.index("["):]):
+        res["decode" if row.get("n_gen", 0) > 0 else "prefill"] = float(row["avg_ts"])
 
+    def child_cpu(n):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        llama_cpp.run("llama-bench", "-n", str(n), "-p", "0", *common)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+    extra = child_cpu(n_gen) - child_cpu(1)
+    res["decode_cpu"] = repetitions * (n_gen - 1) / extra if extra > 0 else float("nan")
+    return res
 
 
 def smollm2_gguf(mix: str = "Q4_K_M"):
