@@ -31,6 +31,7 @@ TYPES = ("Q4_K", "Q6_K", "Q8_0")
 FP16_FIELDS = {"Q4_K": (0, 2), "Q6_K": (208,), "Q8_0": (0,)}  # byte offsets of fp16 scales
 
 
+MATVEC_TARGETS = {"Q4_K": 4.0, "Q6_K": 2.0, "Q8_0": 3.0}  # issue #14: ratio to torch float32 matvec
 BEST = {}  # label -> fastest call in seconds, printed at the end (what a quiet core does)
 
 
@@ -44,6 +45,28 @@ def median_time(fn, repeats: int, label: str | None = None) -> float:
         times.append(time.perf_counter() - t0)
     if label:
         BEST[label] = min(times)
+    return float(np.median(times))
+
+
+def cpu_simd_flags() -> str:
+    """The vector-instruction flags of this CPU that matter to these kernels (Linux only)."""
+    wanted = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16")
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    return " ".join(w for w in wanted if w in flags) or "none of " + " ".join(wanted)
+
+
+def median_cpu_time(fn, repeats: int) -> float:
+    """Median CPU time (this process) of fn() in seconds over `repeats` calls, after a warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        times.append(time.process_time() - t0)
     return float(np.median(times))
 
 
@@ -61,6 +84,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=4096, help="rows = cols of the matrix")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the matvec ratios")
+    ap.add_argument("--matvec-only", action="store_true", help="skip the dequantize/quantize sections")
     ap.add_argument("--gguf-repeats", type=int, default=3, help="repeats for the slow gguf-py calls")
     args = ap.parse_args()
     n = args.size
@@ -68,6 +93,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs; "
           f"numba {numba.__version__} ({numba.get_num_threads()} threads for parallel runs), "
           f"torch {torch.__version__} (1 thread), gguf-py {importlib.metadata.version('gguf')}")
+    print(f"CPU SIMD flags: {cpu_simd_flags()}")
     print(f"matrix {n} x {n} float32 = {n * n * 4 / 1e6:.0f} MB; median of {args.repeats} calls")
 
     rng = np.random.default_rng(0)
@@ -88,6 +114,16 @@ def main() -> None:
             q[t], src = synthetic_blocks(rng, t, n, n), "synthetic random blocks"
         print(f"  {t} input bytes: {src}")
 
+    if not args.matvec_only:
+        dequantize_and_quantize_sections(args, q, W, kquants)
+    matvec_section(args, q, x)
+    print("\n== fastest single call (the machine is shared: medians include waits for a core) ==")
+    for label, best in BEST.items():
+        print(f"{label}: {best * 1e3:.2f} ms")
+
+
+def dequantize_and_quantize_sections(args, q, W, kquants) -> None:
+    n = args.size
     print("\n== dequantize ==")
     out = np.empty((n, n), dtype=np.float32)
     gbs = lambda s: n * n * 4 / s / 1e9  # noqa: E731  (GB/s of float32 output)
@@ -119,25 +155,41 @@ def main() -> None:
             s = median_time(lambda: kquants.quantize(W[:rows], t), max(1, args.repeats // 2))
             print(f"{t}: {rows * n / s / 1e6:7.1f} Melem/s ({rows} x {n} in {s * 1e3:.1f} ms)")
 
-    print("\n== fused matvec y = W_q @ x (single thread) ==")
+
+
+def matvec_section(args, q, x) -> None:
+    n = args.size
+    print("\n== fused matvec y = W_q @ x: ratios to a torch float32 matvec in the same run ==")
+    print("CPU time of this process (time.process_time) per call, medians of "
+          f"{3 * args.repeats} calls; {args.rounds} rounds interleave torch and the kernels so "
+          "that load from other processes hits both alike")
     Wt = torch.from_numpy(kernels.dequantize(q["Q4_K"], "Q4_K"))
     xt = torch.from_numpy(x)
-    t_torch = median_time(lambda: Wt @ xt, 3 * args.repeats, "torch float32 matvec")
-    print(f"torch float32 matvec (W @ x, 1 thread): {t_torch * 1e3:.2f} ms "
-          f"({n * n * 4 / t_torch / 1e9:.1f} GB/s of weights)")
-    for t in TYPES:
-        row_bytes = q[t].nbytes
-        for act in ("q8", "f32"):
+    ratios = {t: [] for t in MATVEC_TARGETS}
+    for rnd in range(args.rounds):
+        t_torch = median_cpu_time(lambda: Wt @ xt, 3 * args.repeats)
+        line = [f"round {rnd + 1}: torch f32 {t_torch * 1e3:5.2f} ms"]
+        for t in MATVEC_TARGETS:
+            s = median_cpu_time(lambda: kernels.matvec(q[t], t, x), 3 * args.repeats)
+            ratios[t].append(t_torch / s)
+            line.append(f"{t} {s * 1e3:5.2f} ms {t_torch / s:4.2f}x")
+        print(" | ".join(line))
+    print("median ratio over rounds (target):")
+    for t, target in MATVEC_TARGETS.items():
+        r = float(np.median(ratios[t]))
+        print(f"  {t}: {r:4.2f}x torch float32 ({q[t].nbytes / 1e6:5.1f} MB read vs {n * n * 4 / 1e6:.0f} MB), "
+              f"target >= {target}x: {'met' if r >= target else 'NOT met'}")
+    for t in MATVEC_TARGETS:
+        for act in ("f32",):
             s = median_time(lambda: kernels.matvec(q[t], t, x, activations=act, parallel=False), 3 * args.repeats,
                             f"matvec {t} {act}")
-            print(f"{t} {act:>3} activations: {s * 1e3:6.2f} ms ({row_bytes / s / 1e9:5.1f} GB/s of weights), "
-                  f"{t_torch / s:4.2f}x torch")
+            print(f"{t} f32 activations (dequantized tiles + BLAS): {s * 1e3:6.2f} ms wall")
+    print(f"\n== threads: numba parallel matvec, wall time, {numba.get_num_threads()} threads vs 1 ==")
+    for t in MATVEC_TARGETS:
+        s1 = median_time(lambda: kernels.matvec(q[t], t, x, parallel=False), 3 * args.repeats)
         sp = median_time(lambda: kernels.matvec(q[t], t, x, parallel=True), 3 * args.repeats)
-        print(f"{t}  q8 activations, {numba.get_num_threads()} threads: {sp * 1e3:6.2f} ms, {t_torch / sp:4.2f}x torch")
-
-    print("\n== fastest single call (the machine is shared: medians include waits for a core) ==")
-    for label, best in BEST.items():
-        print(f"{label}: {best * 1e3:.2f} ms")
+        print(f"{t}: 1 thread {s1 * 1e3:6.2f} ms, {numba.get_num_threads()} threads {sp * 1e3:6.2f} ms, "
+              f"speed-up {s1 / sp:4.2f}x (wall time: only meaningful on an idle machine)")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ bytes, ``row_bytes = cols // block_size * type_size``.
   Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS. Bit-identical to ggml's ``dequantize_row_<t>``: every
   float32 operation is done in ggml's C source order, rounded separately (``fastmath=False``,
   so LLVM may not fuse a multiply and an add into an FMA).
-- :func:`matvec` ``(q, qtype, x) -> (rows,) float32`` for Q4_K, Q6_K and Q8_0, fused: the
+- :func:`matvec` ``(q, qtype, x) -> (rows,) float32`` for Q4_K, Q6_K, Q8_0 and Q5_0, fused: the
   weights are never expanded to a float32 matrix. By default the activations are quantized
   to 8 bits first, exactly as ggml's CPU backend does (see :func:`matvec` for why).
+  :func:`matvec_reference` is the same computation written plainly in numpy (integer sums
+  per sub-block, then the scales), the readable version the fast kernels are tested against.
 
 ``dequantize`` runs rows in parallel with numba ``prange`` by default (``parallel=False`` for one
 thread); ``matvec`` is single-threaded by default (``parallel=True`` to spread rows).
@@ -31,6 +33,8 @@ __all__ = [
     "matvec",
     "quantize_q8_k",
     "quantize_q8_0",
+    "quantize_activations",
+    "matvec_reference",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -43,7 +47,7 @@ SUPPORTED = (
     "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
     "IQ4_NL", "IQ4_XS",
 )
-MATVEC_TYPES = ("Q4_K", "Q6_K", "Q8_0")
+MATVEC_TYPES = ("Q4_K", "Q6_K", "Q8_0", "Q5_0")
 
 # Integer ids the numba driver branches on (index into SUPPORTED).
 _TID = {name: i for i, name in enumerate(SUPPORTED)}
@@ -490,32 +494,64 @@ def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # vec_dot_<t>_q8_<K|0>. The int16 casts tell LLVM the products fit 16 bits (|4-bit code *
 # int8| <= 15*127, |6-bit code * int8| <= 32*128): numba otherwise computes integers in 64
 # bits, and 16-bit SIMD multiplies (vpmaddwd / vpdpwssd) are 2-5x faster than 64-bit ones.
-# The loop shapes (literal 32 and one accumulator for Q4_K, literal 16 with four accumulators
-# for Q6_K, run-time 32 for Q8_0) are the fastest of about twenty variants timed; LLVM
-# vectorizes each differently, and horizontal reductions of sub-block sums dominate.
+#
+# What was timed (4096 x 4096, one thread, CPU time, ratios to a torch float32 matvec in the
+# same run; session 3 on an AVX-512 VNNI EPYC):
+# - Q4_K: the vector work (codes x activations) costs ~0.38 ms; unpacking the 6-bit scales and
+#   mins one at a time (eight calls of _k4_scale_min) and summing pairs of 16-bsums cost more
+#   than that. Reading the 12 scale bytes as three uint32 words and unpacking four 6-bit
+#   fields per word with masks (ggml's kmask trick, :func:`_k4_unpack`), with the activation
+#   sums per 32 precomputed once per vector (``bs32``), took it from ~2.9x to ~4.3x torch.
+#   Two rows per pass (sharing the activation loads) gained < 5 %: not kept.
+# - Q6_K: one int32 sum per super-block with every product scaled in-lane (the scale of each
+#   16-element half picked with a select), instead of four sums reduced per half: 1.4x -> 1.65x.
+# - Q8_0: per-block horizontal reductions dominate; float per-lane accumulators, two blocks
+#   per pass, and pairs of products were all slower (0.2x-1.4x) in numba's codegen than the
+#   plain loop with a run-time trip count kept here (~2.1x).
+# About twenty further loop shapes were timed in session 2 (literal vs run-time trip
+# counts, accumulator counts); LLVM vectorizes each differently.
 # --------------------------------------------------------------------------------------------
 
 _i16 = np.int16
 _i32 = np.int32
+_u32t = np.uint32
+# ggml's masks for the 12 packed scale bytes of Q4_K/Q5_K (get_scale_min_k4 as word operations)
+_KMASK1 = 0x3F3F3F3F  # low 6 bits of each byte: scales / mins 0-3
+_KMASK2 = 0x0F0F0F0F  # low 4 bits of each byte: the low part of scales / mins 4-7
+_KMASK3 = 0x03030303  # 2 bits per byte: the high part of scales / mins 4-7
+
+
+@njit(cache=True, inline="always")
+def _byte(u, k):
+    """Byte k (0..3) of the uint32 u, as int16."""
+    return _i16((u >> _u32t(8 * k)) & _u32t(255))
+
+
+@njit(cache=True, inline="always")
+def _k4_unpack(src, so):
+    """The eight 6-bit scales and eight 6-bit mins of a Q4_K block, scale bytes at so.
+
+    Returns four uint32 words (sc0-3, sc4-7, m0-3, m4-7), one 6-bit value per byte: the same
+    fields as :func:`_k4_scale_min`, unpacked four at a time.
+    """
+    u0 = _u32(src, so)
+    u1 = _u32(src, so + 4)
+    u2 = _u32(src, so + 8)
+    sc_lo = u0 & _u32t(_KMASK1)
+    sc_hi = (u2 & _u32t(_KMASK2)) | (((u0 >> _u32t(6)) & _u32t(_KMASK3)) << _u32t(4))
+    m_lo = u1 & _u32t(_KMASK1)
+    m_hi = ((u2 >> _u32t(4)) & _u32t(_KMASK2)) | (((u1 >> _u32t(6)) & _u32t(_KMASK3)) << _u32t(4))
+    return sc_lo, sc_hi, m_lo, m_hi
 
 
 @njit(cache=True)
-def _mv_row_q4_k(src, xq, xd, bsums, lut, n32):
+def _mv_row_q4_k(src, xq, xd, bs32, lut, n32):
     acc = _f32(0)
     for i in range(xq.shape[0] // QK_K):
         o = i * 144
-        d = _fp16(src, o, lut)
-        dmin = _fp16(src, o + 2, lut)
-        sc0, m0 = _k4_scale_min(src, o + 4, 0)
-        sc1, m1 = _k4_scale_min(src, o + 4, 1)
-        sc2, m2 = _k4_scale_min(src, o + 4, 2)
-        sc3, m3 = _k4_scale_min(src, o + 4, 3)
-        sc4, m4 = _k4_scale_min(src, o + 4, 4)
-        sc5, m5 = _k4_scale_min(src, o + 4, 5)
-        sc6, m6 = _k4_scale_min(src, o + 4, 6)
-        sc7, m7 = _k4_scale_min(src, o + 4, 7)
-        k0, k1, k2, k3 = _i16(sc0), _i16(sc1), _i16(sc2), _i16(sc3)
-        k4, k5, k6, k7 = _i16(sc4), _i16(sc5), _i16(sc6), _i16(sc7)
+        sc_lo, sc_hi, m_lo, m_hi = _k4_unpack(src, o + 4)
+        k0, k1, k2, k3 = _byte(sc_lo, 0), _byte(sc_lo, 1), _byte(sc_lo, 2), _byte(sc_lo, 3)
+        k4, k5, k6, k7 = _byte(sc_hi, 0), _byte(sc_hi, 1), _byte(sc_hi, 2), _byte(sc_hi, 3)
         qs = o + 16
         xo = QK_K * i
         # Byte qs[32c + l] holds elements 64c + l (low nibble, sub-block 2c) and 64c + 32 + l
@@ -536,59 +572,87 @@ def _mv_row_q4_k(src, xq, xd, bsums, lut, n32):
             sumi = _i32(sumi + _i32(_i16(_i16(b2 >> 4) * k5)) * _i32(_i16(xq[xo + 160 + l])))
             sumi = _i32(sumi + _i32(_i16(_i16(b3 & 15) * k6)) * _i32(_i16(xq[xo + 192 + l])))
             sumi = _i32(sumi + _i32(_i16(_i16(b3 >> 4) * k7)) * _i32(_i16(xq[xo + 224 + l])))
-        # min term: m_j * (sum of the 32 activation codes of sub-block j) from the 16-sums
-        bo = 16 * i
-        summ = (m0 * (bsums[bo] + bsums[bo + 1]) + m1 * (bsums[bo + 2] + bsums[bo + 3])
-                + m2 * (bsums[bo + 4] + bsums[bo + 5]) + m3 * (bsums[bo + 6] + bsums[bo + 7])
-                + m4 * (bsums[bo + 8] + bsums[bo + 9]) + m5 * (bsums[bo + 10] + bsums[bo + 11])
-                + m6 * (bsums[bo + 12] + bsums[bo + 13]) + m7 * (bsums[bo + 14] + bsums[bo + 15]))
-        acc += (xd[i] * d) * _f32(sumi) - (xd[i] * dmin) * _f32(summ)
+        # min term: m_j * (sum of the 32 activation codes of sub-block j), sums precomputed
+        bo = 8 * i
+        summ = (_i32(_byte(m_lo, 0)) * bs32[bo] + _i32(_byte(m_lo, 1)) * bs32[bo + 1]
+                + _i32(_byte(m_lo, 2)) * bs32[bo + 2] + _i32(_byte(m_lo, 3)) * bs32[bo + 3]
+                + _i32(_byte(m_hi, 0)) * bs32[bo + 4] + _i32(_byte(m_hi, 1)) * bs32[bo + 5]
+                + _i32(_byte(m_hi, 2)) * bs32[bo + 6] + _i32(_byte(m_hi, 3)) * bs32[bo + 7])
+        acc += xd[i] * (_fp16(src, o, lut) * _f32(sumi) - _fp16(src, o + 2, lut) * _f32(summ))
     return acc
 
 
+@njit(cache=True, inline="always")
+def _q6_code(low, high):
+    """A Q6_K weight code in [-32, 31] from its 4 low bits and 2 high bits (int16)."""
+    return _i16(_i16(low | (high << 4)) - 32)
+
+
 @njit(cache=True)
-def _mv_row_q6_k(src, xq, xd, bsums, lut, n32):
+def _mv_row_q6_k(src, xq, xd, bs32, lut, n32):
     acc = _f32(0)
     for i in range(xq.shape[0] // QK_K):
         o = i * 210
-        d = _fp16(src, o + 208, lut)
-        sumi = 0
-        for h in range(2):  # 128 elements: ql[64h:64h+64], qh[32h:32h+32]
-            for half in range(2):  # 16-element sub-blocks: elements 128h + 32s + 16half + l
-                lb = o + 64 * h + 16 * half
-                hb = o + 128 + 32 * h + 16 * half
-                xo = QK_K * i + 128 * h + 16 * half
-                s0 = _i32(0)
-                s1 = _i32(0)
-                s2 = _i32(0)
-                s3 = _i32(0)
-                for l in range(16):
-                    a = _i16(src[lb + l])  # low nibbles of planes s=0 (lo) and s=2 (hi)
-                    b = _i16(src[lb + 32 + l])  # planes s=1 (lo) and s=3 (hi)
-                    c = _i16(src[hb + l])  # the 2 high bits of all four planes
-                    w0 = _i16(_i16((a & 15) | ((c & 3) << 4)) - 32)
-                    w1 = _i16(_i16((b & 15) | (((c >> 2) & 3) << 4)) - 32)
-                    w2 = _i16(_i16((a >> 4) | (((c >> 4) & 3) << 4)) - 32)
-                    w3 = _i16(_i16((b >> 4) | (((c >> 6) & 3) << 4)) - 32)
-                    s0 = _i32(s0 + _i16(w0 * _i16(xq[xo + l])))
-                    s1 = _i32(s1 + _i16(w1 * _i16(xq[xo + 32 + l])))
-                    s2 = _i32(s2 + _i16(w2 * _i16(xq[xo + 64 + l])))
-                    s3 = _i32(s3 + _i16(w3 * _i16(xq[xo + 96 + l])))
-                sc = o + 192 + 8 * h + half  # int8 scale of sub-block 8h + 2s + half
-                sumi += (np.int64(np.int8(src[sc])) * s0 + np.int64(np.int8(src[sc + 2])) * s1
-                         + np.int64(np.int8(src[sc + 4])) * s2 + np.int64(np.int8(src[sc + 6])) * s3)
-        acc += (d * xd[i]) * _f32(sumi)
+        sc = o + 192
+        sumi = _i32(0)
+        for h in range(2):  # 128 elements: ql[64h:64h+64], qh[32h:32h+32], scales[8h:8h+8]
+            a0 = _i16(np.int8(src[sc + 8 * h]))  # scale of sub-block 8h + 2s + half is at
+            a1 = _i16(np.int8(src[sc + 8 * h + 1]))  # sc + 8h + 2s + half
+            a2 = _i16(np.int8(src[sc + 8 * h + 2]))
+            a3 = _i16(np.int8(src[sc + 8 * h + 3]))
+            a4 = _i16(np.int8(src[sc + 8 * h + 4]))
+            a5 = _i16(np.int8(src[sc + 8 * h + 5]))
+            a6 = _i16(np.int8(src[sc + 8 * h + 6]))
+            a7 = _i16(np.int8(src[sc + 8 * h + 7]))
+            lb = o + 64 * h
+            hb = o + 128 + 32 * h
+            xh = QK_K * i + 128 * h
+            for l in range(32):  # plane s covers elements 128h + 32s + l
+                first = l < 16  # which 16-element sub-block (scale) of the plane
+                a = _i16(src[lb + l])  # low nibbles of planes s=0 (lo) and s=2 (hi)
+                b = _i16(src[lb + 32 + l])  # planes s=1 (lo) and s=3 (hi)
+                c = _i16(src[hb + l])  # the 2 high bits of all four planes
+                w0 = _q6_code(a & 15, c & 3)
+                w1 = _q6_code(b & 15, (c >> 2) & 3)
+                w2 = _q6_code(a >> 4, (c >> 4) & 3)
+                w3 = _q6_code(b >> 4, (c >> 6) & 3)
+                sumi = _i32(sumi + _i32(_i16(w0 * _i16(xq[xh + l]))) * _i32(a0 if first else a1))
+                sumi = _i32(sumi + _i32(_i16(w1 * _i16(xq[xh + 32 + l]))) * _i32(a2 if first else a3))
+                sumi = _i32(sumi + _i32(_i16(w2 * _i16(xq[xh + 64 + l]))) * _i32(a4 if first else a5))
+                sumi = _i32(sumi + _i32(_i16(w3 * _i16(xq[xh + 96 + l]))) * _i32(a6 if first else a7))
+        acc += (_fp16(src, o + 208, lut) * xd[i]) * _f32(sumi)
     return acc
 
 
 @njit(cache=True)
-def _mv_row_q8_0(src, xq, xd, bsums, lut, n32):
+def _mv_row_q8_0(src, xq, xd, bs32, lut, n32):
     acc = _f32(0)
     for i in range(xq.shape[0] // QK_LEGACY):
         o = i * 34
         sumi = _i32(0)
         for l in range(n32):  # run-time trip count: vectorizes here, a literal 32 does not
             sumi = _i32(sumi + _i16(_i16(np.int8(src[o + 2 + l])) * _i16(xq[32 * i + l])))
+        acc += _f32(sumi) * (_fp16(src, o, lut) * xd[i])
+    return acc
+
+
+@njit(cache=True)
+def _mv_row_q5_0(src, xq, xd, bs32, lut, n32):
+    # ggml's vec_dot_q5_0_q8_0: code = (4 low bits | high bit << 4) - 16, in [-16, 15]; the
+    # high bits of elements l and 16 + l are bit l % 8 of qh bytes l // 8 and 2 + l // 8
+    # (byte-wise shifts: 10 % faster here than shifting the 32-bit word by l)
+    acc = _f32(0)
+    n16 = n32 // 2
+    for i in range(xq.shape[0] // QK_LEGACY):
+        o = i * 22
+        sumi = _i32(0)
+        for l in range(n16):
+            b = _i16(src[o + 6 + l])
+            h0 = (_i16(src[o + 2 + (l >> 3)]) >> (l & 7)) & 1
+            h1 = (_i16(src[o + 4 + (l >> 3)]) >> (l & 7)) & 1
+            w0 = _i16(_i16((b & 15) | (h0 << 4)) - 16)
+            w1 = _i16(_i16((b >> 4) | (h1 << 4)) - 16)
+            sumi = _i32(sumi + _i16(w0 * _i16(xq[32 * i + l])) + _i16(w1 * _i16(xq[32 * i + 16 + l])))
         acc += _f32(sumi) * (_fp16(src, o, lut) * xd[i])
     return acc
 
@@ -634,11 +698,101 @@ def _matvec_q8_0_parallel(q, xq, xd, bsums, lut, y, n32):
         y[r] = _mv_row_q8_0(q[r], xq, xd, bsums, lut, n32)
 
 
+@njit(cache=True)
+def _matvec_q5_0_serial(q, xq, xd, bsums, lut, y, n32):
+    for r in range(q.shape[0]):
+        y[r] = _mv_row_q5_0(q[r], xq, xd, bsums, lut, n32)
+
+
+@njit(cache=True, parallel=True)
+def _matvec_q5_0_parallel(q, xq, xd, bsums, lut, y, n32):
+    for r in prange(q.shape[0]):
+        y[r] = _mv_row_q5_0(q[r], xq, xd, bsums, lut, n32)
+
+
 _MATVEC_Q8 = {
     ("Q4_K", False): _matvec_q4_k_serial, ("Q4_K", True): _matvec_q4_k_parallel,
     ("Q6_K", False): _matvec_q6_k_serial, ("Q6_K", True): _matvec_q6_k_parallel,
     ("Q8_0", False): _matvec_q8_0_serial, ("Q8_0", True): _matvec_q8_0_parallel,
+    ("Q5_0", False): _matvec_q5_0_serial, ("Q5_0", True): _matvec_q5_0_parallel,
 }
+_Q8_0_ACTIVATIONS = ("Q8_0", "Q5_0")  # weight types whose activations are Q8_0 (32-blocks)
+
+
+@njit(cache=True)
+def _quantize_q8_k_into(x, qs, d, bs32):
+    """:func:`quantize_q8_k` in one pass (the same float32 operations), plus 32-sums of codes."""
+    for i in range(x.shape[0] // QK_K):
+        o = QK_K * i
+        amax = _f32(0)
+        mx = _f32(0)
+        for l in range(QK_K):  # first entry of largest magnitude (strict >, as ggml)
+            a = abs(x[o + l])
+            if a > amax:
+                amax = a
+                mx = x[o + l]
+        if amax == 0:
+            d[i] = 0
+            for l in range(QK_K):
+                qs[o + l] = 0
+            for j in range(8):
+                bs32[8 * i + j] = 0
+            continue
+        iscale = _f32(-Q8_MAX) / mx
+        for l in range(QK_K):
+            qs[o + l] = np.int8(min(np.rint(iscale * x[o + l]), _f32(Q8_MAX)))
+        d[i] = _f32(1) / iscale
+        for j in range(8):
+            t = _i32(0)
+            for l in range(32):
+                t += _i32(qs[o + 32 * j + l])
+            bs32[8 * i + j] = t
+
+
+@njit(cache=True)
+def _quantize_q8_0_codes(x, qs, d):
+    """The codes of :func:`quantize_q8_0` (float32 scale ``d`` before its fp16 rounding)."""
+    for i in range(x.shape[0] // QK_LEGACY):
+        o = QK_LEGACY * i
+        amax = _f32(0)
+        for l in range(QK_LEGACY):
+            amax = max(amax, abs(x[o + l]))
+        di = amax / _f32(Q8_MAX)
+        d[i] = di
+        idv = _f32(1) / di if di != 0 else _f32(0)
+        for l in range(QK_LEGACY):
+            v = np.float64(x[o + l] * idv)  # float32 product, then exact float64 rounding
+            qs[o + l] = np.int8(np.trunc(v + (0.5 if v >= 0 else -0.5)))  # ties away from zero
+
+
+def quantize_activations(x: np.ndarray, qtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The activation operand of the q8 matvec of weight type ``qtype`` (no input checks).
+
+    x: (cols,) float32, C-contiguous. Returns ``xq: (cols,) int8``, ``xd: (n_blocks,)
+    float32`` and ``bs32: (cols // 32,) int32``, the sum of each 32 activation codes (Q8_K
+    types; used by the Q4_K min term), or a 1-element dummy for the Q8_0-activation types.
+    Same values as :func:`quantize_q8_k` / :func:`quantize_q8_0` (tested), in one numba pass
+    instead of ten numpy passes (it runs once per linear and token during decoding).
+    """
+    xq = np.empty(x.shape[0], dtype=np.int8)
+    if qtype in _Q8_0_ACTIVATIONS:
+        xd = np.empty(x.shape[0] // QK_LEGACY, dtype=np.float32)
+        _quantize_q8_0_codes(x, xq, xd)
+        return xq, xd.astype(np.float16).astype(np.float32), np.zeros(1, dtype=np.int32)
+    xd = np.empty(x.shape[0] // QK_K, dtype=np.float32)
+    bs32 = np.empty(x.shape[0] // 32, dtype=np.int32)
+    _quantize_q8_k_into(x, xq, xd, bs32)
+    return xq, xd, bs32
+
+
+def _matvec_q8(q: np.ndarray, qtype: str, x: np.ndarray, parallel: bool = False,
+               y: np.ndarray | None = None) -> np.ndarray:
+    """:func:`matvec` with q8 activations, without input checks (callers have validated)."""
+    if y is None:
+        y = np.empty(q.shape[0], dtype=np.float32)
+    xq, xd, bs32 = quantize_activations(x, qtype)
+    _MATVEC_Q8[qtype, bool(parallel)](q, xq, xd, bs32, _FP16_TO_F32, y, _N32)
+    return y
 
 
 # --------------------------------------------------------------------------------------------
@@ -656,7 +810,7 @@ def matvec(q, qtype, x: np.ndarray, *, activations: str = "q8", parallel: bool =
     """Fused dequantize-and-multiply ``y = W @ x`` without materialising W in float32.
 
     q: (rows, row_bytes) uint8, the GGUF bytes of W: (rows, cols).
-    qtype: "Q4_K", "Q6_K" or "Q8_0" (with ``activations="f32"`` every type in SUPPORTED).
+    qtype: "Q4_K", "Q6_K", "Q8_0" or "Q5_0" (with ``activations="f32"`` every type in SUPPORTED).
     x: (cols,) float32, finite.
     Returns y: (rows,) float32.
 
@@ -681,12 +835,12 @@ def matvec(q, qtype, x: np.ndarray, *, activations: str = "q8", parallel: bool =
         4096x4096 product takes about a millisecond, the scale at which waking threads on a
         shared machine can cost more than it saves).
 
-    Speed (4096 x 4096, one thread, AVX-512 Zen 4, see ``benchmarks/bench_kquants.py``): Q4_K
-    about 2x faster than a float32 ``torch`` matvec on the same matrix, Q8_0 about 1.7x, Q6_K
-    about 0.8x, on a quiet core (they read 4.5, 8.5 and 6.6 bits per weight instead of 32).
-    ggml's hand-written SIMD is another 2-4x faster: it keeps each sub-block's partial sums
-    in vector lanes (``maddubs`` + ``madd`` with the scales), whereas the code LLVM generates
-    from these loops reduces every sub-block sum horizontally.
+    Speed (4096 x 4096, one thread, AVX-512 EPYC, see ``benchmarks/bench_kquants.py``): Q4_K
+    about 4x faster than a float32 ``torch`` matvec on the same matrix, Q8_0 about 2x, Q6_K
+    about 1.6x (they read 4.5, 8.5 and 6.6 bits per weight instead of 32). ggml's
+    hand-written SIMD is faster still on Q8_0 and Q6_K: it keeps each block's partial sums in
+    vector lanes (``maddubs`` + ``madd`` with the scales), whereas the code LLVM generates from
+    these loops reduces each block's sum horizontally.
     """
     name, q, cols = _check_q(q, qtype)
     x = _check_x(x, cols)
@@ -700,12 +854,7 @@ def matvec(q, qtype, x: np.ndarray, *, activations: str = "q8", parallel: bool =
                 f"the q8-activation matvec supports {', '.join(MATVEC_TYPES)}, got {name} "
                 "(use activations='f32', or dequantize() and a float matmul)"
             )
-        if name == "Q8_0":
-            xq, xd = quantize_q8_0(x)
-            bsums = np.zeros(1, dtype=np.int16)
-        else:
-            xq, xd, bsums = quantize_q8_k(x)
-        _MATVEC_Q8[name, bool(parallel)](q, xq, xd, bsums, _FP16_TO_F32, y, _N32)
+        _matvec_q8(q, name, x, parallel, y)
     else:
         tile = max(1, F32_TILE_BYTES // (4 * cols))
         buf = np.empty((min(tile, q.shape[0]), cols), dtype=np.float32)
@@ -716,3 +865,63 @@ def matvec(q, qtype, x: np.ndarray, *, activations: str = "q8", parallel: bool =
             kernel(q[r0:r1], tid, w, _FP16_TO_F32, _N32)
             np.dot(w, x, out=y[r0:r1])
     return y
+
+
+def _q4_k_fields(q: np.ndarray):
+    """Split Q4_K bytes (rows, n_sb * 144) into their fields, one 6-bit value per entry.
+
+    Returns ``d, dmin: (rows, n_sb) float64``, ``sc, m: (rows, n_sb, 8) int64`` (sub-block
+    scales and mins) and ``codes: (rows, n_sb, 8, 32) int64`` (4-bit codes, sub-block-major).
+    """
+    rows = q.shape[0]
+    b = q.reshape(rows, -1, 144)
+    d = b[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)
+    dmin = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float64)
+    s = b[..., 4:16].astype(np.int64)  # 12 packed bytes: 8 scales and 8 mins of 6 bits
+    sc = np.empty(s.shape[:-1] + (8,), dtype=np.int64)
+    m = np.empty_like(sc)
+    for j in range(4):  # sub-blocks 0-3: low 6 bits of bytes j and j + 4
+        sc[..., j] = s[..., j] & 63
+        m[..., j] = s[..., j + 4] & 63
+    for j in range(4, 8):  # 4-7: 4 bits from byte j + 4, 2 high bits from the top of bytes j-4, j
+        sc[..., j] = (s[..., j + 4] & 15) | ((s[..., j - 4] >> 6) << 4)
+        m[..., j] = (s[..., j + 4] >> 4) | ((s[..., j] >> 6) << 4)
+    qs = b[..., 16:144].astype(np.int64).reshape(rows, -1, 4, 32)
+    # byte 32c + l: low nibble -> sub-block 2c, high nibble -> sub-block 2c + 1
+    codes = np.stack([qs & 15, qs >> 4], axis=3).reshape(rows, -1, 8, 32)
+    return d, dmin, sc, m, codes
+
+
+def matvec_reference(q, qtype, x: np.ndarray) -> np.ndarray:
+    """Readable numpy version of ``matvec(q, qtype, x)`` (q8 activations), in float64.
+
+    q: (rows, row_bytes) uint8; qtype in :data:`MATVEC_TYPES`; x: (cols,) float32.
+    Returns y: (rows,) float64.
+
+    Q4_K is written out the way the fast kernel computes it: per super-block i and sub-block j,
+    an exact integer sum ``sumi[i, j] = codes . xq`` and the activation codes' sum
+    ``bsum[i, j]``, then ``y = sum_i xd_i * (d_i * sum_j sc_ij sumi_ij - dmin_i * sum_j m_ij bsum_ij)``.
+    The other types use the equivalent form ``dequantize(q) @ (xq * xd)`` in float64. The fast
+    kernels accumulate the same exact integer sums and differ only in float32 rounding of the
+    scale products (see ``tests/test_kernels.py`` for the tolerance).
+    """
+    name, q, cols = _check_q(q, qtype)
+    x = _check_x(x, cols)
+    if name not in MATVEC_TYPES:
+        raise ValueError(f"matvec_reference supports {', '.join(MATVEC_TYPES)}, got {name}")
+    if name == "Q4_K":
+        xq, xd, _ = quantize_q8_k(x)
+        xq = xq.astype(np.int64).reshape(-1, 8, 32)  # (n_sb, 8 sub-blocks, 32)
+        d, dmin, sc, m, codes = _q4_k_fields(q)
+        sumi = (codes * xq).sum(axis=-1)  # (rows, n_sb, 8) exact integer dot products
+        bsum = xq.sum(axis=-1)  # (n_sb, 8) activation-code sums for the min term
+        per_sb = d * (sc * sumi).sum(-1) - dmin * (m * bsum).sum(-1)  # (rows, n_sb)
+        return per_sb @ xd.astype(np.float64)
+    if name in _Q8_0_ACTIVATIONS:
+        xq, xd = quantize_q8_0(x)
+        bs = QK_LEGACY
+    else:
+        xq, xd, _ = quantize_q8_k(x)
+        bs = QK_K
+    xh = xq.astype(np.float64) * np.repeat(xd.astype(np.float64), bs)
+    return dequantize(q, name).astype(np.float64) @ xh

@@ -167,7 +167,7 @@ MATVEC_RTOL = 1e-5
 
 
 def _dequant_activations(qtype, x):
-    if qtype == "Q8_0":
+    if qtype in ("Q8_0", "Q5_0"):
         qs, d = kernels.quantize_q8_0(x)
         return qs.astype(np.float64) * np.repeat(d.astype(np.float64), 32), np.repeat(d.astype(np.float64), 32)
     qs, d, _ = kernels.quantize_q8_k(x)
@@ -198,6 +198,30 @@ def test_matvec_q8_equals_float64_dot_of_quantized_operands(qtype, seed):
     scale = np.abs(W) @ np.abs(xh)
     assert np.all(np.abs(y - ref) <= MATVEC_RTOL * scale + 1e-30)
     assert np.array_equal(y, kernels.matvec(q, qtype, x, parallel=False))
+
+
+@pytest.mark.parametrize("qtype", kernels.MATVEC_TYPES)
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_matvec_agrees_with_readable_reference(qtype, seed, parallel):
+    """The fast numba kernels against matvec_reference (plain numpy, float64): the same exact
+    integer sums, so they differ only by float32 rounding of the scale products."""
+    q, x = _matvec_inputs(qtype, seed)
+    W = kernels.dequantize(q, qtype).astype(np.float64)
+    xh, _ = _dequant_activations(qtype, x)
+    y = kernels.matvec(q, qtype, x, parallel=parallel)
+    ref = kernels.matvec_reference(q, qtype, x)
+    assert np.all(np.abs(y - ref) <= MATVEC_RTOL * (np.abs(W) @ np.abs(xh)) + 1e-30)
+
+
+def test_matvec_reference_q4_k_integer_form_equals_dequantized_form():
+    """The Q4_K reference's integer-sum form (scales applied after the sums) is the same
+    number as dequantized weights times dequantized activations, to float64 rounding."""
+    q, x = _matvec_inputs("Q4_K", 0)
+    xh, _ = _dequant_activations("Q4_K", x)
+    W = kernels.dequantize(q, "Q4_K").astype(np.float64)
+    ref = kernels.matvec_reference(q, "Q4_K", x)
+    assert np.allclose(ref, W @ xh, rtol=1e-12, atol=1e-12 * (np.abs(W) @ np.abs(xh)).max())
 
 
 @pytest.mark.parametrize("qtype", kernels.MATVEC_TYPES)
@@ -235,7 +259,7 @@ def test_matvec_bad_input():
     bad[3] = np.nan
     with pytest.raises(ValueError, match="NaN or Inf"):
         kernels.matvec(q, "Q4_K", bad)
-    with pytest.raises(ValueError, match="supports Q4_K, Q6_K, Q8_0, got Q5_K"):
+    with pytest.raises(ValueError, match="supports Q4_K, Q6_K, Q8_0, Q5_0, got Q5_K"):
         kernels.matvec(np.zeros((4, 176 * 2), np.uint8), "Q5_K", x)
     with pytest.raises(ValueError, match="activations must be one of"):
         kernels.matvec(q, "Q4_K", x, activations="int4")
@@ -243,3 +267,23 @@ def test_matvec_bad_input():
         kernels.matvec(q[:, :100], "Q4_K", x)
     with pytest.raises(ValueError, match="unknown or unsupported"):
         kernels.matvec(q, "Q4_Z", x)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_quantize_activations_equals_numpy_quantizers(seed):
+    """The one-pass numba activation quantizer gives the numpy quantizers' exact bits (ties,
+    all-zero blocks and several block counts included)."""
+    rng = np.random.default_rng(seed)
+    n = 256 * int(rng.integers(1, 9))
+    x = (rng.standard_normal(n) * rng.uniform(0.01, 100)).astype(np.float32)
+    if seed % 2:
+        x = np.round(x * 4) / 4  # many exact ties
+    x[:256] *= seed % 3 != 0  # an all-zero block in some cases
+    xq, xd, bs32 = kernels.quantize_activations(x, "Q4_K")
+    qs, d, bsums = kernels.quantize_q8_k(x)
+    assert np.array_equal(xq, qs) and np.array_equal(xd.view(np.uint32), d.view(np.uint32))
+    assert np.array_equal(bs32, bsums.reshape(-1, 2).sum(axis=1))
+    for qtype in ("Q8_0", "Q5_0"):
+        xq, xd, _ = kernels.quantize_activations(x, qtype)
+        qs, d = kernels.quantize_q8_0(x)
+        assert np.array_equal(xq, qs) and np.array_equal(xd.view(np.uint32), d.view(np.uint32))

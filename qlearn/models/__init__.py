@@ -15,6 +15,7 @@ import json
 from .data import DATA_DIR, validation_text
 from .evaluate import Score, generate, perplexity, score
 from .llama import DecoderLayer, LlamaConfig, LlamaModel, RMSNorm
+from .quantized import QuantizedLinear, dequantized_model, quantize_for_inference  # noqa: F401
 from .tokenizer import Tokenizer
 
 __all__ = ["load", "MODELS", "perplexity", "score", "Score", "generate", "validation_text", "LlamaConfig",

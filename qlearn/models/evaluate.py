@@ -118,10 +118,16 @@ def perplexity(model, tokenizer, text, ctx: int | None = None, stride: int | Non
 
 @torch.no_grad()
 def generate(model, tokenizer, prompt: str, max_new_tokens: int = 40, temperature: float = 0.0,
-             top_k: int | None = None, seed: int = 0, ctx: int | None = None, stop_at_eos: bool = True) -> str:
+             top_k: int | None = None, seed: int = 0, ctx: int | None = None, stop_at_eos: bool = True,
+             cache: bool = True) -> str:
     """Continue ``prompt``; returns only the new text. temperature 0 is greedy (deterministic).
 
     ctx: the model sees at most the last ctx tokens (default model.config.max_seq_len).
+    cache: with a KV cache (models with ``new_cache()``, see :mod:`qlearn.models.llama`) the prompt
+    is run once (prefill) and each new token costs one single-position forward; False recomputes
+    the whole window for every token (quadratic work, the reference). Once prompt + new tokens
+    exceed ctx the window slides, positions restart at 0, and each step recomputes the window
+    either way, so both settings give the same tokens (up to float32 rounding of the logits).
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -129,13 +135,20 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 40, temperatur
     ids = tokenizer.encode(prompt)
     if not ids:
         raise ValueError("prompt encodes to no tokens: give a non-empty prompt")
+    use_cache = cache and hasattr(model, "new_cache")
     g = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
-    new = []
+    new, kv = [], None
     for _ in range(max_new_tokens):
-        x = torch.tensor([(ids + new)[-ctx:]], dtype=torch.int64)
-        logits = model(x)[0, -1].float()
+        seq = ids + new
+        if not use_cache or len(seq) > ctx:      # recompute the (sliding) window
+            logits = model(torch.tensor([seq[-ctx:]], dtype=torch.int64))[0, -1].float()
+        elif kv is None:                          # prefill: the prompt's K/V go to the cache
+            kv = model.new_cache()
+            logits = model(torch.tensor([seq], dtype=torch.int64), cache=kv)[0, -1].float()
+        else:                                     # decode: only the newest token is computed
+            logits = model(torch.tensor([seq[-1:]], dtype=torch.int64), cache=kv)[0, -1].float()
         if temperature <= 0:
             nxt = int(logits.argmax())
         else:

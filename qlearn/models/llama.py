@@ -19,6 +19,14 @@ you learn here transfers to real checkpoints::
 Each decoder layer is callable on its own, ``layer(h) -> h`` for ``h: (batch, seq, dim) float32``:
 the causal mask and the rotary positions ``0..seq-1`` are computed inside, so quantization
 algorithms can run a layer at a time on captured hidden states.
+
+KV cache: ``cache = model.new_cache()``, then ``model(prompt, cache=cache)`` (prefill: every layer
+writes its keys, after the rotary, and its values) and ``model(next_token, cache=cache)`` (decode:
+one new position attends over everything cached). Positions continue from ``cache.length``.
+The cache belongs to attention, not to the linears: ``Attention.cache_factory`` makes each layer's
+store (:class:`LayerCache`, float32), and :mod:`qlearn.kvcache` swaps in quantized stores. Without
+a cache argument a forward still writes its K/V into a temporary store and reads them back, so a
+quantized store acts in a plain ``model(tokens)`` exactly as in incremental decoding.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["LlamaConfig", "RMSNorm", "Attention", "MLP", "DecoderLayer", "LlamaModel",
-           "rotary_tables", "apply_rotary"]
+           "rotary_tables", "apply_rotary", "LayerCache", "KVCache"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +116,68 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: s
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
 
+class LayerCache:
+    """Keys (after the rotary) and values of one attention layer, kept in float32.
+
+    ``k``, ``v``: (batch, n_kv_heads, length, head_dim) float32, or None while empty.
+    Subclasses (:mod:`qlearn.kvcache`) store them in another format; attention only calls
+    :meth:`update` and reads :attr:`length`.
+    """
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """Number of cached positions."""
+        return 0 if self.k is None else self.k.shape[2]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v: (batch, n_kv_heads, t, head_dim); return all cached keys and values
+        (batch, n_kv_heads, length, head_dim), as attention reads them back."""
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k = torch.cat([self.k, k], dim=2)
+            self.v = torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+    def nbytes(self) -> int:
+        """Bytes the stored K and V occupy (float32: 4 per element)."""
+        if self.k is None:
+            return 0
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+
+class KVCache:
+    """One :class:`LayerCache` per decoder layer (made by each layer's ``self_attn.new_cache()``).
+
+    ``model(tokens, cache=c)`` appends ``tokens.shape[1]`` positions to every layer.
+    """
+
+    def __init__(self, model: "LlamaModel"):
+        self.layers = [layer.self_attn.new_cache() for layer in model.layers]
+        self.batch: int | None = None  # set by the first forward that uses the cache
+
+    @property
+    def length(self) -> int:
+        """Number of cached positions (the same in every layer)."""
+        return self.layers[0].length if self.layers else 0
+
+    def nbytes(self) -> int:
+        """Bytes of all layers' stored K and V."""
+        return sum(c.nbytes() for c in self.layers)
+
+
 class Attention(nn.Module):
-    """Causal grouped-query self-attention with rotary positions (no biases)."""
+    """Causal grouped-query self-attention with rotary positions (no biases).
+
+    ``cache_factory``: a callable returning an empty :class:`LayerCache` (or subclass); it decides
+    how this layer stores K and V.
+    """
+
+    cache_factory = LayerCache
 
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -120,20 +188,39 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (batch, seq, dim) -> (batch, seq, dim)."""
+    def new_cache(self) -> LayerCache:
+        """An empty store for this layer's keys and values."""
+        return self.cache_factory()
+
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """x: (batch, seq, dim) -> (batch, seq, dim).
+
+        cache: this layer's store; x holds positions ``cache.length .. cache.length + seq - 1``,
+        whose K/V are appended. None: positions 0..seq-1 and a temporary store.
+        """
         b, t, _ = x.shape
+        if cache is None:
+            cache = self.new_cache()
+        start = cache.length
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)     # (B, nh, T, hd)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        cos, sin = rotary_tables(t, self.head_dim, self.rope_base, device=x.device)
+        cos, sin = rotary_tables(start + t, self.head_dim, self.rope_base, device=x.device)
+        cos, sin = cos[start:], sin[start:]
         q = apply_rotary(q, cos, sin, self.rope_style)
         k = apply_rotary(k, cos, sin, self.rope_style)
+        k, v = cache.update(k, v)                                  # (B, nkv, start + T, hd)
         group = self.n_heads // self.n_kv_heads
         if group > 1:  # each KV head serves `group` query heads
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hd)
+        if start == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hd)
+        elif t == 1:  # one new position sees every cached one
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:  # query i (absolute start + i) sees keys 0..start + i
+            keep = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
@@ -160,8 +247,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.rms_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = h + self.self_attn(self.input_layernorm(h))
+    def forward(self, h: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        h = h + self.self_attn(self.input_layernorm(h), cache)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -195,13 +282,30 @@ class LlamaModel(nn.Module):
                     p.fill_(1.0)
         return self
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def new_cache(self) -> KVCache:
+        """An empty :class:`KVCache` with one store per layer (see ``Attention.cache_factory``)."""
+        return KVCache(self)
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """tokens: (batch, seq) int64 -> logits (batch, seq, vocab) float32.
+
+        cache: a :class:`KVCache` from :meth:`new_cache`; the tokens continue its positions and
+        their K/V are appended (prefill with the prompt, then one token per decode step).
+        """
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be (batch, seq) int64, got shape {tuple(tokens.shape)} "
                              f"(add a batch axis with tokens[None])")
+        if cache is not None:
+            if not isinstance(cache, KVCache) or len(cache.layers) != len(self.layers):
+                raise TypeError(f"cache must be a KVCache from model.new_cache() with "
+                                f"{len(self.layers)} layers, got {type(cache).__name__}")
+            if cache.batch is not None and cache.batch != tokens.shape[0]:
+                raise ValueError(f"tokens have batch {tokens.shape[0]} but the cache holds batch "
+                                 f"{cache.batch}")
+            cache.batch = tokens.shape[0]
         h = self.embed_tokens(tokens)
-        for layer in self.layers:
-            h = layer(h)
+        for i, layer in enumerate(self.layers):
+            h = layer(h) if cache is None else layer(h, cache.layers[i])
         return self.lm_head(self.norm(h))
 
     def num_parameters(self) -> int:
