@@ -217,27 +217,30 @@ def chain(name: str) -> list[Question]:
     return out
 
 
-def sheet(questions, title: str | None = None, with_answers: bool = True, start: int = 1):
+def sheet(questions, title: str | None = None, with_answers: bool = True, start: int = 1,
+          by_difficulty: bool = False):
     """A displayable list of questions: HTML with each answer folded in ``<details>`` (Jupyter
-    and the static book), plain text in a terminal (``print`` it)."""
+    and the static book), plain text in a terminal (``print`` it). ``by_difficulty`` orders
+    them easy, medium, hard under a heading each."""
     from qlearn.interview.render import Sheet
 
-    return Sheet(list(questions), title=title, with_answers=with_answers, start=start)
+    return Sheet(list(questions), title=title, with_answers=with_answers, start=start,
+                 by_difficulty=by_difficulty)
 
 
-def show(chapter: str, with_answers: bool = True):
+def show(chapter: str, with_answers: bool = True, by_difficulty: bool = False):
     """Display a chapter's questions (answers folded until clicked) in Jupyter; print them as
     text in plain Python. Returns None."""
     qs = bank(chapter)
     if not qs:
         raise ValueError(f"no interview questions registered for chapter {chapter!r}")
-    _display(sheet(qs, with_answers=with_answers))
+    _display(sheet(qs, with_answers=with_answers, by_difficulty=by_difficulty))
 
 
 def quiz(questions=None, *, title: str | None = None):
     """A self-test of the given questions' quizzes (default: every question that has one):
     multiple choice and numeric answers checked in the browser with no kernel, each with a
-    folded static answer as fallback. Displayed in Jupyter, returned for use elsewhere."""
+    folded static answer as fallback. Returns an object that Jupyter displays as HTML."""
     from qlearn.interview.render import QuizSheet
 
     qs = [q for q in (bank() if questions is None else questions) if q.quiz is not None]

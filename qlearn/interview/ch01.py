@@ -23,7 +23,8 @@ question(id="ch01.kv70b", chapter="ch01", difficulty="medium", tags=("kv-cache",
                 "uses grouped-query attention: {h} query heads share {hkv} KV heads. Plugging in {h} "
                 "heads gives {wrong_gib:.0f} GiB, {ratio:.0f}x too much.",
          follow_ups=("How would an 8-bit KV cache change it?", "Why does GQA barely hurt quality?"),
-         compute=_kv)
+         quiz=Quiz(prompt="FP16 KV cache of Llama-2-70B at 128K tokens, batch 1, in GiB?", value="right_gib", rel_tol=0.02, unit="GiB"),
+    compute=_kv)
 
 
 def _units():
@@ -37,7 +38,7 @@ question(id="ch01.units", chapter="ch01", difficulty="easy", tags=("memory", "un
          answer="Llama-2-70B has {n:.2f} B parameters x 2 bytes = {gb:.1f} GB = {gib:.1f} GiB; GPU tools "
                 "report binary units (GiB, often labelled GB), so the same bytes look {pct:.1f} % "
                 "smaller there than on the model card.",
-         follow_ups=("Does it fit on one 80 GB card? What about two?",), compute=_units)
+         follow_ups=("Does it fit on one 80 GB card? What about two?", "Which unit does a Hugging Face model card use for file sizes?"), compute=_units)
 
 
 def _q4k():
@@ -53,7 +54,7 @@ question(id="ch01.q4k_bpw", chapter="ch01", difficulty="medium", tags=("gguf", "
                 "6-bit scales and 6-bit mins packed in 12 bytes, and 128 bytes of 4-bit codes: "
                 "{bytes:.0f} bytes x 8 / {block} = {bpw} bits per weight. Llama-2-70B in Q4_K is "
                 "{gib:.1f} GiB, not the {gib4:.1f} GiB of pure 4-bit codes.",
-         follow_ups=("What does the 'min' buy compared with Q4_0?",), compute=_q4k)
+         follow_ups=("What does the 'min' buy compared with Q4_0?", "Where do the 12 bytes of packed scales and mins come from?"), compute=_q4k)
 
 
 def _nf4():
@@ -67,7 +68,7 @@ question(id="ch01.double_quant", chapter="ch01", difficulty="hard", tags=("nf4",
          answer="NF4 stores one fp32 absmax per 64 weights: 4 + 32/64 = {nf4} bits per weight. Double "
                 "quantization stores those absmax values in 8 bits, with one fp32 scale per 256 of them: "
                 "4 + 8/64 + 32/(64 x 256) = {dq:.4f} bpw. On a 70B model that saves {saved_gib:.1f} GiB.",
-         follow_ups=("Why quantize the absmax with blocks of 256 and not per tensor?",), compute=_nf4)
+         follow_ups=("Why quantize the absmax with blocks of 256 and not per tensor?", "How much would it save on a 7B model, and is that worth the extra dequantization step?"), compute=_nf4)
 
 
 # --- more questions ------------------------------------------------------------------------
@@ -137,7 +138,7 @@ question(id="ch01.max_context", chapter="ch01", difficulty="medium", tags=("kv-c
                 "fit (Q8_0 weights: {ctx_q8}). An 8-bit KV cache doubles it to {ctx_q4_kv8}; smaller weights "
                 "help less than a smaller cache once the context is long. Nothing is left for activations here, "
                 "so the real limit is lower.",
-         follow_ups=("Why does grouped-query attention matter more than weight bits at 32K context?",),
+         follow_ups=("Why does grouped-query attention matter more than weight bits at 32K context?", "How would a batch of 8 sequences change the answer?"),
          compute=_ctx13, chain="fit-a-gpu", after="ch01.fit13b")
 
 
@@ -187,7 +188,7 @@ question(id="ch01.param_count", chapter="ch01", difficulty="medium", tags=("memo
                 "MLP {mlp:.1f} %, attention {attn:.1f} %, embedding + lm_head {emb:.1f} %. Quantizing the linears "
                 "of the blocks covers all but the last share, which is why GGUF mixes treat token_embd and "
                 "output separately.",
-         follow_ups=("How does grouped-query attention change the count for Llama-2-70B?",),
+         follow_ups=("How does grouped-query attention change the count for Llama-2-70B?", "Why is lm_head worth keeping in higher precision even though it is a small share?"),
          compute=_params)
 
 
@@ -203,5 +204,5 @@ question(id="ch01.train_vs_infer", chapter="ch01", difficulty="easy", tags=("mem
                 "AdamW holds, per parameter, the fp16 weight and gradient, an fp32 master copy and two fp32 "
                 "moments: {bytes} bytes, {train:.0f} GiB ({ratio:.0f}x) before activations. That gap is what "
                 "LoRA and QLoRA remove.",
-         follow_ups=("Which of those bytes does LoRA remove, and which does QLoRA remove?",),
+         follow_ups=("Which of those bytes does LoRA remove, and which does QLoRA remove?", "What else grows with batch and sequence length during training?"),
          compute=_train)

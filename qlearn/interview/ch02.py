@@ -51,6 +51,7 @@ question(
             "follows IEEE, so 1e6 (beyond its max {e5_max:g}) becomes {e5}."),
     follow_ups=("Why do FP8 training recipes keep a per-tensor scale next to each FP8 tensor?",
                 "Which FP8 format would you use for gradients, and why?"),
+    quiz=Quiz(prompt="Largest finite value of FP8 E4M3 (the fn variant)?", value="fn_max", rel_tol=0.001),
     compute=_e4m3)
 
 
@@ -61,7 +62,7 @@ question(
             "integers are exact only up to 2^{sig}; the first one it cannot store is {h}. Above that the "
             "spacing doubles every power of two, up to {top:g} near the max. BF16 ({b_sig} significant "
             "bits) already fails at {b}, FP8 E4M3 at {e4}."),
-    follow_ups=("Why is it a bug to keep token positions or counters in a BF16 tensor?",),
+    follow_ups=("Why is it a bug to keep token positions or counters in a BF16 tensor?", "What is the spacing of FP16 numbers between 1024 and 2048?"),
     compute=lambda: {"h": _first_missing_integer("fp16"), "b": _first_missing_integer("bf16"),
                      "e4": _first_missing_integer("fp8_e4m3"), "m": F.FORMATS["fp16"].mantissa_bits,
                      "sig": F.FORMATS["fp16"].mantissa_bits + 1,
@@ -114,7 +115,7 @@ question(
             "max of {h_max:g}. An activation of {x:g} becomes {h} in FP16 and inf - inf or inf x 0 later "
             "gives NaN; BF16 stores it as {b:g}, because it has FP32's exponent range. Fixes: run in BF16, "
             "or keep the overflowing ops (residual adds, softmax inputs) in FP32."),
-    follow_ups=("Why do BF16-trained models usually survive INT8 weight quantization anyway?",),
+    follow_ups=("Why do BF16-trained models usually survive INT8 weight quantization anyway?", "How would you find which layer overflows first?"),
     compute=_overflow)
 
 
@@ -140,7 +141,7 @@ question(
             "{e5_sub:g} to {e5_max:g} ({dr5:.0f} binades). Recipes use E4M3 for weights and activations "
             "(forward) and E5M2 for gradients, whose range across a tensor is wider; each tensor also "
             "carries a scale so its values land inside the format's range."),
-    follow_ups=("How is the per-tensor scale chosen (delayed scaling vs current scaling)?",),
+    follow_ups=("How is the per-tensor scale chosen (delayed scaling vs current scaling)?", "What do MX formats (one shared exponent per 32 values) change?"),
     compute=_fp8_grid)
 
 
@@ -189,7 +190,7 @@ question(
             "gradual underflow instead of a jump to zero. A gradient of {g:g} is below even that, so FP16 "
             "rounds it to {h:g}: the update is lost, which is what loss scaling prevents. BF16 stores it as "
             "{b:.4g} (its smallest normal is {b_min:.3g})."),
-    follow_ups=("Why are subnormals slow on some hardware, and what do flush-to-zero modes do?",),
+    follow_ups=("Why are subnormals slow on some hardware, and what do flush-to-zero modes do?", "Does BF16 need loss scaling for tiny gradients, and why not?"),
     compute=_subnormal)
 
 
@@ -214,7 +215,7 @@ question(
             "spacing of representable numbers is 2 and adding 1 is a tie that rounds back to even. The same "
             "loop in FP16 ends at {fp16:g}. Kernels therefore multiply in low precision but accumulate in "
             "FP32 (tensor cores, ggml's float sums) or INT32 for integer codes."),
-    follow_ups=("How does Kahan summation fix this without a wider accumulator?",),
+    follow_ups=("How does Kahan summation fix this without a wider accumulator?", "What accumulator width do int8 GEMMs use, and why is it enough?"),
     compute=_accumulate,
     quiz=Quiz(prompt="Sum of 1000 ones with a BF16 running sum?", value="bf16", rel_tol=0.001))
 
@@ -226,6 +227,6 @@ question(
             "scale maps +absmax to {hi}; using -128 too would give negative values one extra level and make "
             "x and -x quantize differently. The restricted range -{hi}..{hi} keeps the grid symmetric and "
             "costs one of {n} codes."),
-    follow_ups=("When does an asymmetric quantizer use all 256 codes?",),
+    follow_ups=("When does an asymmetric quantizer use all 256 codes?", "What happens to -128 when you negate it in int8?"),
     compute=lambda: {"bits": 8, "lo": F.int_range(8)[0], "hi": F.int_range(8)[1],
                      "n": F.int_range(8)[1] - F.int_range(8)[0] + 1})

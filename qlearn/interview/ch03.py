@@ -55,7 +55,7 @@ question(id="ch03.clipping", chapter="ch03", difficulty="hard", tags=("clipping"
                 "Clipping trades overload error (values beyond the range, here {o:.5f}) against granular "
                 "error (half-step rounding, {g:.5f}). More bits shrink the granular error, so the optimum "
                 "moves out to cut the overload term.",
-         follow_ups=("How would you pick the clip for a real weight matrix with no known distribution?",),
+         follow_ups=("How would you pick the clip for a real weight matrix with no known distribution?", "Why does clipping help more for heavy-tailed data?"),
          compute=_clip)
 
 
@@ -76,7 +76,8 @@ question(id="ch03.sym_vs_asym", chapter="ch03", difficulty="easy", tags=("symmet
                 "better, since the symmetric grid spends half its codes on values that never occur. For "
                 "roughly symmetric weights the two are close and symmetric is cheaper (no zero point, "
                 "simpler integer matmul).",
-         follow_ups=("Why must 0 be exactly representable?",), compute=_sym)
+         follow_ups=("Why must 0 be exactly representable?", "What extra work does a zero point add to an integer matmul?"), quiz=Quiz(prompt="Post-ReLU activations at 4 bits: which grid wastes about half its codes?", kind="choice", options=("symmetric", "asymmetric"), correct=0),
+    compute=_sym)
 
 
 def _tie():
@@ -90,6 +91,8 @@ question(id="ch03.rounding", chapter="ch03", difficulty="easy", tags=("rounding"
          answer="Round half to even: rint(0.5, 1.5, 2.5) = {ties}. Ties go to the even neighbour, so over "
                 "many ties the error averages to zero instead of biasing upwards; matching it is needed to "
                 "reproduce codes bit for bit.",
+         follow_ups=("Which rounding does ggml's roundf use, and where does that matter?",
+                     "Why is stochastic rounding used in low-precision training but not in PTQ?"),
          compute=_tie)
 
 
@@ -152,7 +155,7 @@ question(id="ch03.per_bit", chapter="ch03", difficulty="medium", tags=("sqnr", "
                 "{b68:.2f} from 6 to 8. The optimal clip widens with each bit (overload error must fall too), so "
                 "part of each bit goes to range. The gap to 6.02n + 1.76 grows from {gap4:.2f} dB at 4 bits to "
                 "{gap8:.2f} dB at 8.",
-         follow_ups=("Would a non-uniform grid (NF4, Lloyd-Max) recover the missing dB?",),
+         follow_ups=("Would a non-uniform grid (NF4, Lloyd-Max) recover the missing dB?", "Where does the rest of each bit go?"),
          compute=_per_bit, chain="sqnr-theory", after="ch03.rule_of_thumb")
 
 
@@ -166,7 +169,7 @@ question(id="ch03.sqnr_meaning", chapter="ch03", difficulty="easy", tags=("sqnr"
          answer="SQNR = 10 log10(signal power / noise power). The best 4-bit symmetric grid on Gaussian data "
                 "reaches {s:.2f} dB: the error's power is {rel:.2f} % of the signal's, its RMS {rms:.1f} % of the "
                 "signal's RMS. Every 10 dB divides the error power by 10; every 6.02 dB halves the RMS error.",
-         follow_ups=("Why is the weight SQNR a poor predictor of model quality on its own?",),
+         follow_ups=("Why is the weight SQNR a poor predictor of model quality on its own?", "How would you convert a relative output error of 1e-3 to dB?"),
          compute=_sqnr_meaning)
 
 
@@ -185,7 +188,7 @@ question(id="ch03.restricted_range", chapter="ch03", difficulty="hard", tags=("s
                 "chapter's million samples. 6.02n = {ideal:.2f} dB needs a midrise grid of 2^n levels at the "
                 "centres of 2^n equal cells, with no level at 0. Our asymmetric grid reaches {asym:.2f} dB: "
                 "its integer zero point puts 0 on the grid, shifting the levels off the cell centres.",
-         follow_ups=("Why do we accept losing that dB to keep 0 exact?",),
+         follow_ups=("Why do we accept losing that dB to keep 0 exact?", "What would a midrise 4-bit grid look like, and why do kernels avoid it?"),
          compute=_restricted, chain="sqnr-theory", after="ch03.per_bit")
 
 
@@ -207,5 +210,5 @@ question(id="ch03.zero_exact", chapter="ch03", difficulty="medium", tags=("zero-
                 "Kept fractional, a 0 comes back as {err:.4f} ({step_pct:.0f} % of a step). Zeros are everywhere: "
                 "padding, masked positions, ReLU outputs, pruned weights; an error on each of them is a bias "
                 "that adds up over a long dot product.",
-         follow_ups=("What does the rounded zero point cost at the ends of the range?",),
+         follow_ups=("What does the rounded zero point cost at the ends of the range?", "Is 0 exactly representable on a symmetric grid?"),
          compute=_zero)

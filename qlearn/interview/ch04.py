@@ -51,7 +51,7 @@ question(id="ch04.aciq", chapter="ch04", difficulty="hard", tags=("calibration",
          answer="With mean |x| = b_L, the optimum is {f2:.2f} b_L at 2 bits, {f4:.2f} b_L at 4 bits and {f8:.2f} b_L "
                 "at 8 bits (minimising clipping error 2 b_L^2 exp(-a/b_L) plus rounding error a^2/(3 4^b)). "
                 "More bits make rounding cheap, so the clip moves out to cut the clipping term.",
-         follow_ups=("What goes wrong when the real distribution has heavier tails than Laplace?",),
+         follow_ups=("What goes wrong when the real distribution has heavier tails than Laplace?", "How do you estimate b_L from calibration data?"),
          compute=lambda: {f"f{b}": calibration.laplace_clip_factor(b) for b in (2, 4, 8)})
 
 
@@ -84,7 +84,7 @@ question(id="ch04.calib_tokens", chapter="ch04", difficulty="medium", tags=("cal
                 "layer output SQNR on {n_test} held-out tokens) {n0} tokens give {p16:.2f} dB, {n1} give {p128:.2f} dB "
                 "and {n2} give {p1024:.2f} dB; min-max goes from {m16:.2f} to {m1024:.2f} dB. Too few tokens miss "
                 "the rare large values, so the range is too tight and held-out tokens clip.",
-         follow_ups=("Why do GPTQ/AWQ papers use 128 sequences of 2048 tokens if a few hundred suffice here?",),
+         follow_ups=("Why do GPTQ/AWQ papers use 128 sequences of 2048 tokens if a few hundred suffice here?", "Why does the percentile observer need more tokens than min-max to be stable?"),
          compute=_calib_size)
 
 
@@ -101,7 +101,7 @@ question(id="ch04.kl_entropy", chapter="ch04", difficulty="hard", tags=("calibra
                 "8-bit quantized version Q by KL(P||Q), keeping the threshold with the least information loss. On "
                 "qlearn-tiny's layer-2 down_proj input it picks ±{kl:.3g}, MSE picks ±{mse:.3g}, the 99.99th "
                 "percentile ±{pct:.3g}, min-max ±{mm:.3g}.",
-         follow_ups=("Why can KL prefer a tighter clip than MSE?",), compute=_kl_vs_mse)
+         follow_ups=("Why can KL prefer a tighter clip than MSE?", "Why does TensorRT histogram |x| rather than x?"), compute=_kl_vs_mse)
 
 
 # --- more questions ------------------------------------------------------------------------
@@ -129,7 +129,7 @@ question(id="ch04.act_granularity", chapter="ch04", difficulty="hard", tags=("ca
                 "outside the sum: a scale per token (row of X) or per output channel (row of W) factors out, a "
                 "scale per input channel k does not. Per-channel activation scales must be moved into the "
                 "weights instead, which is what SmoothQuant does.",
-         follow_ups=("Write the dequantization of y_ij for per-token x per-output-channel scales.",),
+         follow_ups=("Write the dequantization of y_ij for per-token x per-output-channel scales.", "Which of the three can a static (calibrated) scheme use?"),
          compute=_static_vs_dynamic, chain="outlier-activations")
 
 
@@ -149,7 +149,7 @@ question(id="ch04.mse_observer", chapter="ch04", difficulty="medium", tags=("cal
                 "quantization MSE on the calibration data. On 200k Laplace samples: at 4 bits min-max gives "
                 "{mm4:.2f} dB, MSE {mse4:.2f} dB with the range cut to {c4:.2f} of the max; at 8 bits {mm8:.2f} "
                 "vs {mse8:.2f} dB (clip {c8:.2f}). Clipping matters most when levels are scarce.",
-         follow_ups=("Why can an MSE-optimal activation range still hurt the model's loss?",),
+         follow_ups=("Why can an MSE-optimal activation range still hurt the model's loss?", "How many candidate clips are enough?"),
          compute=_mse_vs_minmax)
 
 
@@ -168,7 +168,7 @@ question(id="ch04.find_outliers", chapter="ch04", difficulty="easy", tags=("cali
                 "(channel 7 scaled {scale}x) the flagged channels are [{found}]; channel 7's absmax is {rel:.1f}x "
                 "the median. In real LLMs the same few channels are loud on almost every token and in every "
                 "layer's residual stream.",
-         follow_ups=("Why are outliers consistent across tokens but not across models?",),
+         follow_ups=("Why are outliers consistent across tokens but not across models?", "What would you do with a flagged channel in a W8A8 deployment?"),
          compute=_find_outliers, chain="outlier-activations", after="ch04.act_granularity")
 
 
@@ -190,7 +190,7 @@ question(id="ch04.percentile_bits", chapter="ch04", difficulty="hard", tags=("ca
                 "bits min-max {mm_4:.2f}, 99th {p0_4:.2f}, 99.9th {p1_4:.2f}, 99.99th {p2_4:.2f}. With few "
                 "levels, rounding error dominates and a tighter clip pays; with many, clipping the rare large "
                 "values costs more than it saves. Tune the clip per bit width, on the layer output.",
-         follow_ups=("How would you pick the percentile without sweeping it?",),
+         follow_ups=("How would you pick the percentile without sweeping it?", "Why judge the clip on the layer output rather than on the activation?"),
          compute=_percentile_bits)
 
 
@@ -213,5 +213,5 @@ question(id="ch04.static_risk", chapter="ch04", difficulty="medium", tags=("cali
                 "from {n_full} tokens it clips {full_clip:.3f} % ({full:.2f} dB). Per-token absmax varies {spread:.1f}x between the median and the loudest token, so one scale "
                 "serves very different tokens. Monitor the clipped fraction per layer in production, or use "
                 "dynamic per-token scales.",
-         follow_ups=("What is the latency cost of dynamic quantization on a GPU?",),
+         follow_ups=("What is the latency cost of dynamic quantization on a GPU?", "How would you choose calibration text for a multilingual model?"),
          compute=_per_tensor_static)

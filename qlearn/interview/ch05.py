@@ -62,8 +62,9 @@ question(id="ch05.group_cost", chapter="ch05", difficulty="easy", tags=("rtn", "
                   "and with group size 32?",
          answer="Each group stores an fp16 scale and a 4-bit zero: 4 + 20/128 = {g128:.3f} bits per weight for "
                 "g128, {g32:.3f} for g32 (symmetric g128: {g128s:.3f}).",
-         follow_ups=("Why do kernels prefer power-of-two group sizes?",),
-         compute=lambda: {"g128": _bpw(4, 128, False), "g32": _bpw(4, 32, False), "g128s": _bpw(4, 128, True)})
+         follow_ups=("Why do kernels prefer power-of-two group sizes?", "What does an fp16 zero point instead of a 4-bit one cost at g128?"),
+         quiz=Quiz(prompt="Bits per weight of 4-bit codes with an fp16 scale and a 4-bit zero per 128 weights?", value="g128", rel_tol=0.002, unit="bpw"),
+    compute=lambda: {"g128": _bpw(4, 128, False), "g32": _bpw(4, 32, False), "g128s": _bpw(4, 128, True)})
 
 question(id="ch05.granularity", chapter="ch05", difficulty="medium", tags=("rtn", "outliers"),
          question="Why does one large weight hurt per-tensor quantization so much more than per-group?",
@@ -72,7 +73,7 @@ question(id="ch05.granularity", chapter="ch05", difficulty="medium", tags=("rtn"
                 "x8, rows of log-normal magnitude), 4-bit symmetric RTN gives relative output error {tensor:.5f} per "
                 "tensor, {channel:.5f} per channel and {group:.5f} per group of 128 ({ratio:.1f}x lower than per "
                 "tensor): a spike spoils the whole matrix, one row, or 128 weights.",
-         follow_ups=("What does clipping the range trade off?",),
+         follow_ups=("What does clipping the range trade off?", "Which granularity would you use for the embedding matrix?"),
          compute=_granularity, chain="weight-ptq")
 
 question(id="ch05.dynamic", chapter="ch05", difficulty="easy", tags=("dynamic quantization", "activations"),
@@ -82,6 +83,8 @@ question(id="ch05.dynamic", chapter="ch05", difficulty="easy", tags=("dynamic qu
                 "Static quantization fixes activation scales from calibration data ahead of time (cheaper, but one "
                 "scale must cover the loudest token). Weight-only schemes (GPTQ, AWQ at {bpw:.3f} bits per weight "
                 "for 4-bit g128 asymmetric) do not quantize activations at all.",
+         follow_ups=("Why is dynamic quantization a natural fit for LSTMs and linears on CPU?",
+                     "What does per-token dynamic quantization cost on a GPU?"),
          compute=lambda: {"bpw": _bpw(4, 128, False)})
 
 
@@ -119,7 +122,7 @@ question(id="ch05.sym_asym_low_bits", chapter="ch05", difficulty="medium", tags=
                 "4 bits {b4:.2e} vs {a4:.2e}; 3 bits {b3:.2e} vs {a3:.2e}; 2 bits {b2:.2e} vs {a2:.2e}. A "
                 "symmetric b-bit grid uses 2^b - 1 levels and centres them on 0; a group's min and max are "
                 "rarely symmetric, and with only 3 or 4 levels every wasted level hurts.",
-         follow_ups=("What does the zero point cost in storage at g128?",),
+         follow_ups=("What does the zero point cost in storage at g128?", "Why do GPTQ checkpoints often use sym=True anyway?"),
          compute=_bits_sweep)
 
 
@@ -141,7 +144,7 @@ question(id="ch05.weight_vs_output", chapter="ch05", difficulty="hard", tags=("r
                 "{o_rtn:.5f}; GPTQ has a LARGER weight error, {w_gptq:.5f}, and a smaller output error, "
                 "{o_gptq:.5f}, because it moves weights off their nearest grid point to cancel each other's "
                 "output error. A weight-space metric would rank them the wrong way round.",
-         follow_ups=("What is the cheapest approximation of X^T X that still helps (llama.cpp's imatrix)?",),
+         follow_ups=("What is the cheapest approximation of X^T X that still helps (llama.cpp's imatrix)?", "When would the two metrics rank two quantizers the same way?"),
          compute=_weight_vs_output, chain="weight-ptq", after="ch05.granularity")
 
 
@@ -202,7 +205,7 @@ question(id="ch05.group_vs_bits", chapter="ch05", difficulty="hard", tags=("rtn"
                 "{g32:.2e}, g64 {g64_bpw:.3f} bpw for {g64:.2e}, g128 {g128_bpw:.3f} bpw for {g128:.2e}, g256 "
                 "{g256_bpw:.3f} bpw for {g256:.2e}. Spikes and uneven rows favour small groups; smooth weights "
                 "favour code bits. K-quants answer both: small sub-blocks with cheap 6-bit scales.",
-         follow_ups=("How do the scales themselves get cheaper in Q4_K?",),
+         follow_ups=("How do the scales themselves get cheaper in Q4_K?", "How would you decide per layer instead of for the whole model?"),
          compute=_group_sweep)
 
 
@@ -221,5 +224,5 @@ question(id="ch05.int4_storage", chapter="ch05", difficulty="easy", tags=("stora
                 "points; a kernel unpacks and dequantizes on the fly. With an fp16 scale and a 4-bit zero per 128 "
                 "weights: {bpw:.4f} bits per weight, {gib:.2f} GiB for Llama-2-7B (every weight in that format), "
                 "against {f16:.2f} GiB in FP16.",
-         follow_ups=("Why do some layouts interleave the nibbles instead of storing them in order?",),
+         follow_ups=("Why do some layouts interleave the nibbles instead of storing them in order?", "How many bytes does one group of 128 weights take, scales included?"),
          compute=_int4_storage)

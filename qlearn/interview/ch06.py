@@ -54,7 +54,8 @@ question(id="ch06.objective", chapter="ch06", difficulty="easy", tags=("gptq", "
                 "row, so rows are independent problems sharing one Hessian. On the chapter's outlier layer "
                 "(4-bit, group 128) this brings the output error on the calibration tokens from {rtn:.5f} (RTN) to {plain:.5f}.",
          follow_ups=("Why is the Hessian independent of W?", "What happens to a column whose input is always 0?"),
-         compute=_act_order, chain="gptq-deep-dive")
+         quiz=Quiz(prompt="What does GPTQ minimise?", kind="choice", options=("the weight error ||W - Q||^2", "the layer output error ||XW^T - XQ^T||^2 on calibration inputs", "the model's perplexity", "the KL divergence of the logits"), correct=1),
+    compute=_act_order, chain="gptq-deep-dive")
 
 question(id="ch06.tricks", chapter="ch06", difficulty="medium", tags=("gptq", "obq", "cholesky"),
          question="What are GPTQ's three changes to Optimal Brain Quantization, and what does each buy?",
@@ -73,7 +74,7 @@ question(id="ch06.act_order", chapter="ch06", difficulty="medium", tags=("gptq",
                 "columns remain to absorb their error. On a layer with {n_loud} channels ten times louder than the "
                 "rest, GPTQ/RTN error goes from {r_plain:.2f} to {r_act:.2f} at 4-bit group 128. Cost: with groups, "
                 "g_idx is no longer monotone, so kernels gather scales per input channel (or use static groups).",
-         follow_ups=("What do static groups change?",),
+         follow_ups=("What do static groups change?", "Why does act-order help more with loud input channels?"),
          compute=_act_order)
 
 question(id="ch06.quirk", chapter="ch06", difficulty="hard", tags=("gptq", "implementation"),
@@ -83,6 +84,8 @@ question(id="ch06.quirk", chapter="ch06", difficulty="hard", tags=("gptq", "impl
                 "lazily at the block's end): with groups of 32 in blocks of 128, groups 2-4 of a block see stale "
                 "weights. Using fresh weights changes {changed:.1f} % of the 4-bit codes on the chapter's layer but "
                 "moves the output error by only {delta:+.2f} %: it matters for bit-exact reproduction, not quality.",
+         follow_ups=("How would you test that your GPTQ matches the reference bit for bit?",
+                     "Would you keep the quirk in a new implementation?"),
          compute=_quirk)
 
 
@@ -110,7 +113,7 @@ question(id="ch06.low_bits", chapter="ch06", difficulty="medium", tags=("gptq", 
                 "3 bits {r3:.4f} vs {g3:.4f} ({x3:.2f}x); 2 bits {r2:.4f} vs {g2:.4f} ({x2:.2f}x). Compensation "
                 "removes more error when each rounding is coarse, but at 2 bits the grid is too coarse for any "
                 "reordering of errors to save the layer. The GPTQ paper's largest model-level gains are at 3 bits.",
-         follow_ups=("Why does 2-bit GPTQ still fail on real models?",), compute=_bits)
+         follow_ups=("Why does 2-bit GPTQ still fail on real models?", "What would you try instead of GPTQ at 2 bits?"), compute=_bits)
 
 
 @lru_cache(maxsize=1)
@@ -129,7 +132,7 @@ question(id="ch06.damping", chapter="ch06", difficulty="medium", tags=("gptq", "
                 "condition number is {cond:.3g}) and the Cholesky fails or amplifies noise. Larger damping pulls "
                 "GPTQ toward RTN. On the chapter's layer, 4-bit g128: percdamp 1e-4 {d0:.5f}, 0.01 {d1:.5f}, 0.1 "
                 "{d2:.5f}, 1.0 {d3:.5f}. 0.01 is a safe default; raise it when the Cholesky fails.",
-         follow_ups=("Why do dead channels (all-zero inputs) make H singular, and what does the reference do?",),
+         follow_ups=("Why do dead channels (all-zero inputs) make H singular, and what does the reference do?", "What does the damping do to the update of the remaining columns?"),
          compute=_damp)
 
 
@@ -159,7 +162,7 @@ question(id="ch06.overfit", chapter="ch06", difficulty="hard", tags=("gptq", "ca
                 "off-diagonal of H is pure sampling noise and GPTQ fits it. Real activations are strongly "
                 "correlated, which is what GPTQ exploits; the lesson is to always report held-out error (and "
                 "held-out perplexity), never the calibration objective.",
-         follow_ups=("Why do 128 x 2048 calibration tokens suffice for a 4096-wide layer?",),
+         follow_ups=("Why do 128 x 2048 calibration tokens suffice for a 4096-wide layer?", "How would you detect overfitting on a real model without labels?"),
          compute=_overfit, chain="gptq-deep-dive", after="ch06.objective")
 
 
@@ -182,7 +185,7 @@ question(id="ch06.zero_off_by_one", chapter="ch06", difficulty="hard", tags=("gp
                 "qweight {qw}, qzeros {qz} int32), but reading a v1 file as v2 shifts every zero by {diff:+.0f}, "
                 "a whole step on every weight. Check the checkpoint's quantize_config (checkpoint_format) and "
                 "test one layer's dequantized weight against the original.",
-         follow_ups=("Why did the off-by-one exist in the first place?",),
+         follow_ups=("Why did the off-by-one exist in the first place?", "How would you write a loader that detects the format by itself?"),
          compute=_formats)
 
 
@@ -201,5 +204,5 @@ question(id="ch06.hessian", chapter="ch06", difficulty="easy", tags=("gptq", "he
                 "Its diagonal is the energy of each input channel: on the chapter's layer the {n} loud channels "
                 "(of {d}) have {ratio:.0f}x the diagonal of the others, so errors on their columns cost that much "
                 "more, and GPTQ (with act-order) handles them first.",
-         follow_ups=("What do the off-diagonal entries let GPTQ do that AWQ cannot?",),
+         follow_ups=("What do the off-diagonal entries let GPTQ do that AWQ cannot?", "Why is it called a Hessian if it never looks at W?"),
          compute=_hessian_diag)

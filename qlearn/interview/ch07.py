@@ -40,6 +40,7 @@ question(
            "dividing the input by s; the full method reaches {awq:.5f}.",
     follow_ups=("Where does the division by s go at inference?",
                 "Why does choosing the 1 % by weight magnitude not work?"),
+    quiz=Quiz(prompt="How does AWQ store its salient 1 % of weights?", kind="choice", options=("in FP16", "in INT8", "as 4-bit codes, scaled up by s before rounding", "pruned"), correct=2),
     compute=_layer_numbers, chain="awq-interview", after="ch07.salient_choice")
 
 question(
@@ -113,7 +114,7 @@ question(
            "r in [0, 1) for s = mean|x|^r; the clip search tries {n_clip} shrink factors of each group's max, "
            "down to {min_shrink:.2f}, on {n_tok} subsampled tokens. Each candidate is one quantize and one "
            "matmul, so a 7B model takes minutes.",
-    follow_ups=("Why is the exponent grid 0..0.95 and not up to 1?",),
+    follow_ups=("Why is the exponent grid 0..0.95 and not up to 1?", "Why can AWQ calibrate on fewer tokens than GPTQ?"),
     compute=lambda: {"n_grid": awq.N_GRID, "n_clip": len(awq.CLIP_SHRINKS), "min_shrink": min(awq.CLIP_SHRINKS),
                      "n_tok": awq.N_SAMPLE_TOKEN})
 
@@ -139,7 +140,7 @@ question(
            "scaling: a per-layer effect, not a rule, so implementations search both and keep the better one "
            "when they can afford it. Check which variant a checkpoint used before comparing numbers with a "
            "paper.",
-    follow_ups=("Why is the weight statistic taken after normalising each group by its absmax?",),
+    follow_ups=("Why is the weight statistic taken after normalising each group by its absmax?", "How would you decide between the two variants for a new model?"),
     compute=_duo_groups)
 
 
@@ -152,7 +153,7 @@ question(
            "salient column more often sets its group's max. The group size buys accuracy at the cost of "
            "scales ({c64:.3f} bit per weight for an fp16 scale per 64 weights, {c128:.3f} per 128); g128 is the usual "
            "compromise.",
-    follow_ups=("What does per-channel (no groups) AWQ look like?",),
+    follow_ups=("What does per-channel (no groups) AWQ look like?", "How does the scale search interact with the clip search at large groups?"),
     compute=_duo_groups)
 
 
@@ -167,7 +168,7 @@ question(
            "(e.g. o_proj under GQA with mismatched shapes), the layer is left unscaled. The quantized file "
            "stores W x s in codes and the modified norm weights; on this layer the chosen s averages "
            "{s_loud:.2f} on the loud channels.",
-    follow_ups=("Why can't the division be folded through a SiLU?",),
+    follow_ups=("Why can't the division be folded through a SiLU?", "Which scales cannot be folded in a model with parallel attention and MLP blocks?"),
     compute=_layer_numbers)
 
 
@@ -193,5 +194,5 @@ question(
            "{rtn:.5f}): chosen by mean |x| of the input channel the error drops to {act:.5f}; chosen by mean "
            "|w| of the column it is {w:.5f}. A weight's effect on the output is its error times the input it "
            "meets, and loud input channels, not big weights, are what LLMs have.",
-    follow_ups=("How does this observation lead to scaling instead of mixed precision?",),
+    follow_ups=("How does this observation lead to scaling instead of mixed precision?", "How stable is the set of salient channels from one calibration set to another?"),
     compute=_salient_by_weight, chain="awq-interview")

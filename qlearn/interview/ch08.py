@@ -76,6 +76,7 @@ question(
            "original fp16 weights there, as the paper describes, it would be {fp16w:.2e}.",
     follow_ups=("Why are the outlier columns decided per batch, not offline?",
                 "Which weights does bitsandbytes use in the fp16 part?"),
+    quiz=Quiz(prompt="LLM.int8(): how many of the 1024 input columns go to fp16 in the chapter's 64 tokens?", value="ncols", rel_tol=0.001, unit="columns"),
     compute=_numbers, chain="w8a8-outliers", after="ch08.migration")
 
 question(
@@ -84,7 +85,7 @@ question(
              "result differ from a naive reimplementation?",
     answer="out = acc * SCA_i * SCB_j * c with c = {const:.6e} on the CPU/default backend; 1/127^2 is {inv:.6e}. "
            "A reimplementation using 1/127^2, or fp16 weights in the outlier part, differs in the last fp16 bits.",
-    follow_ups=("Is the int8 GEMM itself exact on CPU?",),
+    follow_ups=("Is the int8 GEMM itself exact on CPU?", "How would you prove your reimplementation matches bitsandbytes bit for bit?"),
     compute=_numbers)
 
 
@@ -120,7 +121,7 @@ question(
            "channel j. On the chapter's layer the activation channel max/median ratio falls from {a:.1f} to "
            "{a_s:.2f} and the weight one rises from {w:.2f} to {w_s:.2f}: both now moderately uneven instead of "
            "one badly uneven. The product XW^T is unchanged in exact arithmetic.",
-    follow_ups=("Why does alpha 0.5 not always minimise the error?",),
+    follow_ups=("Why does alpha 0.5 not always minimise the error?", "What does the weight side pay for the smoothing?"),
     compute=_flatness, chain="w8a8-outliers", after="ch08.why_activations")
 
 
@@ -173,7 +174,7 @@ question(
            "(an RMSNorm feeding q and k, two loud channels) the outputs change by at most {diff:.1e} for "
            "values up to {top:.1f}. Inputs that do not come from a norm (o_proj, down_proj) need a "
            "producer that can absorb s, which is why SmoothQuant smooths only q/k/v and gate/up.",
-    follow_ups=("Why must the same s be used for q, k and v?",),
+    follow_ups=("Why must the same s be used for q, k and v?", "What happens to the folded scales if you later fine-tune the model?"),
     compute=_fold)
 
 
@@ -185,7 +186,7 @@ question(
            "output channel x per token {ct_none:.2e}, a {gain:.1f}x reduction for free in the kernel (both "
            "scales factor out of the int32 sum). Smoothing at alpha 0.5 then brings them to {tt_05:.2e} and "
            "{ct_05:.2e}.",
-    follow_ups=("Why is per-token cheap on a GPU but awkward for static quantization?",),
+    follow_ups=("Why is per-token cheap on a GPU but awkward for static quantization?", "Which of these schemes can use INT8 tensor cores without extra work?"),
     compute=lambda: _numbers() | {"gain": _numbers()["tt_none"] / _numbers()["ct_none"]})
 
 

@@ -109,7 +109,7 @@ question(
            "NF4's {nf4:.4f} ({gain:.2f}x lower) at the same storage. The levels move (first positive level "
            "{inner_ll:.3f} vs NF4's {inner_nf4:.3f}; second-largest {outer_ll:.3f} vs {outer_nf4:.3f}). The gain "
            "is small: NF4 is a good code book, just not the optimum it is sometimes called.",
-    follow_ups=("Why might equal-mass levels still be preferred for fine-tuning through the quantized weights?",),
+    follow_ups=("Why might equal-mass levels still be preferred for fine-tuning through the quantized weights?", "Why would a code book fitted on Gaussian data fail on real weights?"),
     compute=_lloyd, chain="nf4-interview", after="ch09.why_nf4")
 
 
@@ -190,7 +190,7 @@ question(
            "({d128:.3f}), 256: {e256:.4f} at {b256:.3f} ({d256:.3f}). A larger block's absmax is a more extreme "
            "sample, so the bulk of the weights uses fewer levels; double quantization is what makes 64 "
            "affordable.",
-    follow_ups=("Why is the gain from 64 to 32 small on Gaussian data but larger on real weights with outliers?",),
+    follow_ups=("Why is the gain from 64 to 32 small on Gaussian data but larger on real weights with outliers?", "Why is 64 the default rather than 32?"),
     compute=_blocksizes)
 
 
@@ -265,5 +265,5 @@ question(
            "FP4 {fp4:.4f}, symmetric INT4 {int4:.4f}, asymmetric min/max INT4 {asym:.4f}. NF4 and the "
            "asymmetric grid stay close; FP4 and symmetric INT4 lose the most. Measure on your own weights "
            "before assuming the normal model holds.",
-    follow_ups=("How would you check whether a model's weights are close to normal per block?",),
+    follow_ups=("How would you check whether a model's weights are close to normal per block?", "Would per-block asymmetric NF4 help here?"),
     compute=_tails)

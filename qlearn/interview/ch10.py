@@ -23,6 +23,7 @@ question(
             "min per {sub} weights, costs {q41} bits per weight."),
     follow_ups=("What is the bits per weight of Q6_K, and where do its extra bits go?",
                 "How would the cost change with 16-weight sub-blocks?"),
+    quiz=Quiz(prompt="Bits per weight of the GGUF Q4_K block type?", value="bpw", rel_tol=0.001, unit="bpw"),
     compute=_bpw,
 )
 
@@ -127,7 +128,7 @@ question(
             "({Q6_K_bpw}), Q8_0 {Q8_0:.6f} ({Q8_0_bpw}). Q4_K beats Q4_0 and Q4_1 at fewer bits than Q4_1: "
             "its searched, two-level scales are the better use of overhead. Weight error is only a proxy: "
             "the model's perplexity or KL divergence decides."),
-    follow_ups=("Why does error fall about 4x per extra bit from Q4_K to Q6_K?",),
+    follow_ups=("Why does error fall about 4x per extra bit from Q4_K to Q6_K?", "Which type would you pick for a 7B model on a phone?"),
     compute=_type_errors)
 
 
@@ -196,7 +197,7 @@ question(
             "in larger types ({n6} tensors in Q6_K; promoted kinds: {promoted}): the ones whose errors hurt "
             "most per bit, like attn_v, ffn_down in the layers chosen by use_more_bits, and the output matrix. "
             "File sizes quoted for 'Q4_K_M' therefore cannot be computed from 4.5 bpw."),
-    follow_ups=("How would you decide which tensors deserve more bits on a new architecture?",),
+    follow_ups=("How would you decide which tensors deserve more bits on a new architecture?", "Why is token_embd left in the low type in most mixes?"),
     compute=_mix)
 
 

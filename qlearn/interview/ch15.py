@@ -84,7 +84,7 @@ def _tiny_eval() -> dict:
         out[f"top{bits}"] = 100 * float((lq.argmax(-1) == ref.argmax(-1)).double().mean())
         out[f"dnll{bits}"] = float(d.mean())
         out[f"se_paired{bits}"] = float(d.std() / np.sqrt(d.numel()))
-        out[f"se_unpaired{bits}"] = float(np.sqrt(nll.var() / nll.numel() + nll_ref.var() / nll_ref.numel()))
+        out[f"se_unpaired{bits}"] = float((nll.var() / nll.numel() + nll_ref.var() / nll_ref.numel()).sqrt())
     return out
 
 
@@ -316,6 +316,7 @@ question(
            "{top2:.1f} %. Report differences with their uncertainty, measured per token and paired.",
     follow_ups=("Why can perplexity stay flat while a benchmark drops?",
                 "Why compare against the unquantized model's outputs rather than against labels?"),
+    quiz=Quiz(prompt="Which comparison with the unquantized model is the most sensitive to small quantization damage?", kind="choice", options=("perplexity", "per-token KL divergence of the next-token distributions", "accuracy on one benchmark", "weight SQNR"), correct=1),
     compute=_tiny_eval, chain="quality-eval")
 
 
@@ -329,7 +330,7 @@ question(
            "independent samples gives a standard error of {se_unpaired4:.4f}, which would hide the effect. At 8 "
            "bits: {dnll8:+.5f} +- {se_paired8:.5f} (paired). Also fix everything else: the same text, "
            "tokenizer, context length and scoring window for both runs.",
-    follow_ups=("How many tokens do you need to resolve a 0.1 % perplexity change?",),
+    follow_ups=("How many tokens do you need to resolve a 0.1 % perplexity change?", "Why is KL divergence less noisy than perplexity differences?"),
     compute=_tiny_eval, chain="quality-eval", after="ch15.measure_quality")
 
 
@@ -408,7 +409,8 @@ question(
            "are compute-bound, the 4-bit kernel still has to dequantize, and W4A16 gains nothing. For "
            "high-throughput serving choose W8A8 (INT8 or FP8), which halves the matmul time itself; keep "
            "4-bit weights for latency-bound and memory-bound deployments.",
-    follow_ups=("Where does the KV cache enter this picture?",),
+    follow_ups=("Where does the KV cache enter this picture?", "What does speculative decoding do to this arithmetic?"),
+    quiz=Quiz(prompt="Batch size above which 4-bit g128 weight-only decoding is compute-bound on an H100 (spec-sheet balance)?", value="b4", rel_tol=0.05, unit="tokens"),
     compute=_roofline)
 
 
@@ -469,7 +471,8 @@ question(
            "INT4 kernels. GGUF is a file format (llama.cpp) with its own block types and per-tensor mixes "
            "(Q4_K_M averages {gguf_bpw:.2f} bpw on Llama-3-8B), for CPUs, Apple silicon, and partial GPU "
            "offload. Choose by the serving stack first, then compare the candidates on your own evaluation.",
-    follow_ups=("Can a GGUF file be made with GPTQ- or AWQ-style information?",),
+    follow_ups=("Can a GGUF file be made with GPTQ- or AWQ-style information?", "Which would you choose for a model served on both GPUs and laptops?"),
+    quiz=Quiz(prompt="Which of the three is a file format rather than a quantization algorithm?", kind="choice", options=("GPTQ", "AWQ", "GGUF"), correct=2),
     compute=_methods)
 
 
@@ -560,7 +563,7 @@ question(
            "realistic load. (4) Pick the smallest format within the quality budget, preferring mixed precision "
            "(keep embeddings, lm_head and sensitive layers higher) to a lower uniform bit width; re-check with "
            "every model or data update.",
-    follow_ups=("How would you find the sensitive layers?",),
+    follow_ups=("How would you find the sensitive layers?", "What would you re-measure when the serving hardware changes?"),
     compute=_choose)
 
 
@@ -705,7 +708,8 @@ question(
            "for one 4K sequence. On a '40 GB' card (40 GiB) Q4_K_M leaves room for {left_tok} tokens of fp16 KV "
            "cache before the CUDA context and activations take their share: it does not serve that model "
            "usefully.",
-    follow_ups=("Which unit does your GPU monitoring report?",),
+    follow_ups=("Which unit does your GPU monitoring report?", "What else besides the KV cache needs GPU memory at run time?"),
+    quiz=Quiz(prompt="Llama-2-70B weights in FP16, in decimal GB?", value="f16_gb", rel_tol=0.02, unit="GB"),
     compute=_myth)
 
 

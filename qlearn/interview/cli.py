@@ -88,8 +88,9 @@ def _ask(prompt: str, out) -> str | None:
     return line.strip().lower()
 
 
-def drill(qs: list, args, out=sys.stdout) -> dict:
+def drill(qs: list, args, out=None) -> dict:
     """Run the drill; returns the progress state (grades by question id)."""
+    out = out or sys.stdout
     filters = {"chapter": args.chapter, "tag": args.tag, "difficulty": args.difficulty,
                "seed": args.seed, "limit": args.limit}
     state = _load_progress(args.progress, drill_order(qs, args.seed, args.limit), filters)
@@ -137,7 +138,8 @@ def summary(state: dict, by_id: dict) -> str:
     return "\n".join(lines)
 
 
-def export(qs: list, fmt: str, path: Path, out=sys.stdout) -> None:
+def export(qs: list, fmt: str, path: Path, out=None) -> None:
+    out = out or sys.stdout
     if fmt == "markdown":
         path.write_text(markdown_export(qs))
     elif fmt == "anki":

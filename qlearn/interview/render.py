@@ -123,24 +123,45 @@ def answer_text(q: Question, width: int = WRAP) -> str:
     return "\n".join(lines)
 
 
+DIFFICULTY_ORDER = {"easy": 0, "medium": 1, "hard": 2}
+
+
 class Sheet:
-    """Questions to display: ``_repr_html_`` folds the answers; ``str`` is plain text."""
+    """Questions to display: ``_repr_html_`` folds the answers; ``str`` is plain text; ``repr``
+    (Jupyter's text/plain fallback) is one line. ``by_difficulty`` orders easy, medium, hard
+    under a small heading each."""
 
     def __init__(self, questions: list[Question], title: str | None = None, with_answers: bool = True,
-                 start: int = 1):
+                 start: int = 1, by_difficulty: bool = False):
         self.questions, self.title, self.with_answers, self.start = questions, title, with_answers, start
+        self.by_difficulty = by_difficulty
+        if by_difficulty:
+            self.questions = sorted(questions, key=lambda q: (DIFFICULTY_ORDER[q.difficulty], q.id))
+
+    def _numbered(self):
+        prev = None
+        for i, q in enumerate(self.questions, self.start):
+            yield (q.difficulty if self.by_difficulty and q.difficulty != prev else None), i, q
+            prev = q.difficulty
 
     def _repr_html_(self) -> str:
         parts = [f"<p><b>{_esc(self.title)}</b></p>"] if self.title else []
-        parts += [question_html(q, i, self.with_answers) for i, q in enumerate(self.questions, self.start)]
+        for head, i, q in self._numbered():
+            if head:
+                parts.append(f'<p class="qlearn-level"><i>{head.capitalize()}</i></p>')
+            parts.append(question_html(q, i, self.with_answers))
         return "\n".join(parts)
 
     def __str__(self) -> str:
         parts = [self.title] if self.title else []
-        parts += [question_text(q, i, self.with_answers) for i, q in enumerate(self.questions, self.start)]
+        for head, i, q in self._numbered():
+            if head:
+                parts.append(f"-- {head} --")
+            parts.append(question_text(q, i, self.with_answers))
         return "\n\n".join(parts)
 
-    __repr__ = __str__
+    def __repr__(self) -> str:
+        return f"<{len(self.questions)} interview questions: {', '.join(q.id for q in self.questions[:3])}...>"
 
 
 def _fmt_number(v: float) -> str:
@@ -197,7 +218,8 @@ class QuizSheet:
             out.append(f"Q{i}. {z.prompt}{opts}\n   answer: {sol}")
         return "\n\n".join(out)
 
-    __repr__ = __str__
+    def __repr__(self) -> str:
+        return f"<self-test of {len(self.questions)} questions>"
 
 
 def markdown_export(questions: list[Question]) -> str:
