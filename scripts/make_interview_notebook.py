@@ -44,8 +44,9 @@ HEAD = '''# %% [markdown]
 # random order you can repeat, self-grading and resume:
 #
 # ```bash
-# python -m qlearn.interview --chapter ch09 --difficulty hard --seed 1 --progress me.json
-# python -m qlearn.interview --export anki qlearn.apkg      # one Anki note per question
+# python -m qlearn.interview --chapter ch09 --difficulty hard \\
+#     --seed 1 --progress me.json
+# python -m qlearn.interview --export anki qlearn.apkg  # Anki deck
 # python -m qlearn.interview --export markdown qlearn.md
 # ```
 #

@@ -11,10 +11,15 @@ from qlearn.interview import Quiz, question
 
 
 @lru_cache(maxsize=1)
+def _layer():
+    """The questions' layer: W (256, 512), X (1024 tokens, 512) with 1 % of input channels x10."""
+    return awq.outlier_layer(out_features=256, in_features=512, n_tokens=1024, n_outliers=5, seed=7)
+
+
+@lru_cache(maxsize=1)
 def _layer_numbers() -> dict:
-    """AWQ on a 256 x 512 layer, 1024 tokens, 1 % of input channels x10 (a few seconds)."""
-    W, X, channels = awq.outlier_layer(out_features=256, in_features=512, n_tokens=1024,
-                                       n_outliers=5, seed=7)
+    """AWQ on that layer (a few seconds)."""
+    W, X, channels = _layer()
     r = awq.awq_quantize(W, X, 4, 128)
     Q_rtn = awq.pseudo_quantize(W, 4, 128)[0]
     keep = Q_rtn.clone()
@@ -78,7 +83,7 @@ def _held_out() -> dict:
     """AWQ, GPTQ and RTN calibrated on the first 512 tokens, judged on the other 512 (4-bit g128)."""
     from qlearn import gptq
 
-    W, X, _ = awq.outlier_layer(out_features=256, in_features=512, n_tokens=1024, n_outliers=5, seed=7)
+    W, X, _ = _layer()
     cal, test = X[:CALIB], X[CALIB:]
     a = awq.awq_quantize(W, cal, 4, 128)
     g = gptq.gptq_quantize(W, gptq.hessian(cal), 4, 128, sym=False).Q
@@ -121,7 +126,7 @@ question(
 
 @lru_cache(maxsize=1)
 def _duo_groups() -> dict:
-    W, X, _ = awq.outlier_layer(out_features=256, in_features=512, n_tokens=1024, n_outliers=5, seed=7)
+    W, X, _ = _layer()
     out = {"plain": awq.awq_quantize(W, X, 4, 128).errors["full"],
            "duo": awq.awq_quantize(W, X, 4, 128, duo_scaling=True).errors["full"]}
     for gs in (64, 128, 256):
@@ -173,7 +178,7 @@ question(
 
 
 def _salient_by_weight() -> dict:
-    W, X, channels = awq.outlier_layer(out_features=256, in_features=512, n_tokens=1024, n_outliers=5, seed=7)
+    W, X, channels = _layer()
     Q = awq.pseudo_quantize(W, 4, 128)[0]
     n = len(channels)
     out = {"rtn": awq.output_error(X, W, Q), "n": n}
