@@ -180,6 +180,9 @@ def _percentile_bits():
                                                   for i, p in enumerate(PERCENTILES)]
         for key, r in rngs:
             out[f"{key}_{bits}"] = calibration.layer_output_error(x, W, r, bits)["sqnr_db"]
+        names = ["min-max"] + [f"the {p:g}th percentile" for p in PERCENTILES]
+        scores = [out[f"{k}_{bits}"] for k, _ in rngs]
+        out[f"best_{bits}"] = names[int(np.argmax(scores))]
     return out
 
 
@@ -187,9 +190,10 @@ question(id="ch04.percentile_bits", chapter="ch04", difficulty="hard", tags=("ca
          question="Is the best percentile for the activation range the same at 8 bits and at 4 bits?",
          answer="No. On qlearn-tiny's layer-2 down_proj input, judged by the layer's output SQNR: at 8 bits "
                 "min-max {mm_8:.2f} dB, 99th percentile {p0_8:.2f}, 99.9th {p1_8:.2f}, 99.99th {p2_8:.2f}; at 4 "
-                "bits min-max {mm_4:.2f}, 99th {p0_4:.2f}, 99.9th {p1_4:.2f}, 99.99th {p2_4:.2f}. With few "
-                "levels, rounding error dominates and a tighter clip pays; with many, clipping the rare large "
-                "values costs more than it saves. Tune the clip per bit width, on the layer output.",
+                "bits min-max {mm_4:.2f}, 99th {p0_4:.2f}, 99.9th {p1_4:.2f}, 99.99th {p2_4:.2f}. Best: {best_8} at "
+                "8 bits, {best_4} at 4. With few levels rounding error dominates and a tighter clip pays; with "
+                "many, each clipped value costs more than the finer step saves. Tune the clip per bit width, "
+                "on the layer output.",
          follow_ups=("How would you pick the percentile without sweeping it?", "Why judge the clip on the layer output rather than on the activation?"),
          compute=_percentile_bits)
 

@@ -101,6 +101,7 @@ def _bits_sweep():
     for bits in (8, 4, 3, 2):
         out[f"b{bits}"] = gptq.relative_output_error(None, W, _rtn(W, bits, "per_group"), gram=gram)
         out[f"a{bits}"] = gptq.relative_output_error(None, W, _rtn(W, bits, "per_group", sym=False), gram=gram)
+    out["r84"] = (out["b4"] / out["b8"]) ** 0.25
     out["r43"] = out["b3"] / out["b4"]
     out["r32"] = out["b2"] / out["b3"]
     return out
@@ -108,10 +109,12 @@ def _bits_sweep():
 
 question(id="ch05.bits_cliff", chapter="ch05", difficulty="medium", tags=("rtn", "bits", "quality"),
          question="How does round-to-nearest error grow as you go from 8 to 4, 3 and 2 bits?",
-         answer="Roughly 4x per bit removed while the grid still covers the weights well, then faster. On the "
-                "chapter's layer, symmetric RTN with groups of 128: relative output error {b8:.2e} at 8 bits, "
-                "{b4:.2e} at 4, {b3:.2e} at 3 ({r43:.1f}x the 4-bit error), {b2:.2e} at 2 ({r32:.1f}x the 3-bit). "
-                "That is why plain RTN is fine at 8 and 4 bits and methods like GPTQ/AWQ or QAT matter below.",
+         answer="By a roughly constant factor of about 4 per bit removed: each bit halves the step and the error "
+                "power goes with the step squared. On the chapter's layer, symmetric RTN with groups of 128: "
+                "relative output error {b8:.2e} at 8 bits, {b4:.2e} at 4 ({r84:.1f}x per bit from 8), {b3:.2e} at 3 "
+                "({r43:.1f}x), {b2:.2e} at 2 ({r32:.1f}x). The factor stays; what changes is where the error "
+                "crosses what the model tolerates, which is why plain RTN is fine at 8 and usually 4 bits and "
+                "GPTQ/AWQ or QAT matter below.",
          follow_ups=("Why is the ratio per bit about 4 in theory?", "What does a symmetric 2-bit grid contain?"),
          compute=_bits_sweep)
 

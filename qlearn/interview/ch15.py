@@ -207,8 +207,8 @@ def _blocks():
 question(
     id="ch15.blockwise_gguf", chapter=CH, difficulty="medium", tags=("gguf", "block-wise", "common"),
     question="How does block-wise quantization work, and why does GGUF use it?",
-    answer="The tensor is cut into small fixed blocks along each row (32 weights for Q4_0/Q8_0, 256-weight "
-           "super-blocks of 16 or 32 for k-quants); each block stores its own scale (and min) right next to its "
+    answer="The tensor is cut into small fixed blocks along each row (32 weights for Q4_0/Q8_0; for k-quants, "
+           "256-weight super-blocks made of sub-blocks of 16 or 32); each block stores its own scale (and min) right next to its "
            "codes. An outlier then spoils only its block: on a Gaussian matrix with one column x20, 4-bit with "
            "one scale per row gives relative error {row4:.4f}, Q4_0 {Q4_0:.4f} ({Q4_0_bpw} bpw), Q4_K {Q4_K:.4f} "
            "({Q4_K_bpw} bpw); Q8_0 {Q8_0:.6f}. GGUF is built for llama.cpp's CPU/Metal kernels: a block is "
@@ -269,8 +269,8 @@ question(
            "assumption) and the fp16 KV cache of a 4K context ({kv:.2f} GiB for Llama-2-70B, 8 KV heads). "
            "Weights of the llama.cpp mixes: Q2_K {Q2_K:.1f} GiB, Q3_K_M {Q3_K_M:.1f}, Q4_K_S {Q4_K_S:.1f}, "
            "Q4_K_M {Q4_K_M:.1f}, Q5_K_M {Q5_K_M:.1f}; Q6_K {Q6_K:.1f}, Q8_0 {Q8_0:.1f}, FP16 {FP16:.1f}. "
-           "Fitting in {budget} GiB: {fits}. Pick Q4_K_M: the largest widely used mix with headroom, and "
-           "the usual knee of the quality curve; Q5_K_M only if the context stays short. On CPU, decoding is "
+           "Fitting in {budget} GiB: {fits}. Pick Q4_K_M: a widely used mix with headroom, commonly "
+           "reported as the knee of the quality curve; Q5_K_M only if the context stays short. On CPU, decoding is "
            "memory-bound: at an assumed {bw} GB/s, Q4_K_M reads {Q4_K_M:.1f} GiB per token, at most {tps:.1f} "
            "tokens/s, so a smaller quant is also faster. Use GGUF with llama.cpp (mmap, an imatrix-quantized "
            "file), and check the perplexity or KL divergence against a higher-precision reference.",
@@ -407,7 +407,7 @@ question(
            "point (spec sheet: {tf} TFLOP/s BF16, {tb} TB/s) is {balance:.0f} FLOP/byte. FP16 weights reach it "
            "at b ~ {b16:.0f}; 4-bit g128 weights ({bpw4:.3f} bpw) already at b ~ {b4:.0f}. Beyond that both "
            "are compute-bound, the 4-bit kernel still has to dequantize, and W4A16 gains nothing. For "
-           "high-throughput serving choose W8A8 (INT8 or FP8), which halves the matmul time itself; keep "
+           "high-throughput serving choose W8A8 (INT8 or FP8), whose INT8/FP8 tensor cores have about twice the BF16 peak; keep "
            "4-bit weights for latency-bound and memory-bound deployments.",
     follow_ups=("Where does the KV cache enter this picture?", "What does speculative decoding do to this arithmetic?"),
     quiz=Quiz(prompt="Batch size above which 4-bit g128 weight-only decoding is compute-bound on an H100 (spec-sheet balance)?", value="b4", rel_tol=0.05, unit="tokens"),
@@ -438,8 +438,8 @@ question(
            "Capacity per 80 GiB GPU for Llama-3-8B at {util} memory utilisation, in concurrent 8K-token "
            "sequences: FP16 weights ({f16_w:.1f} GiB) {f16}; INT8 ({int8_w:.1f} GiB) {int8}; INT4 g128 "
            "({int4_w:.1f} GiB) {int4}; INT4 with an 8-bit KV cache {int4kv8}: at this size the KV cache, not "
-           "the weights, decides capacity. Route requests by tier to separate pools (mixing formats in one "
-           "batch breaks kernels), autoscale pools independently, canary every new quantized artifact on "
+           "the weights, decides capacity. Route requests by tier to separate pools (one batch cannot mix "
+           "weight formats), autoscale pools independently, canary every new quantized artifact on "
            "shadow traffic, and monitor per-tier quality (sampled KL or LLM-judge against the reference) "
            "alongside latency and cost.",
     follow_ups=("How would you let a tenant move between tiers without downtime?",
@@ -617,8 +617,8 @@ question(
            "{l3_8:.1f} in 8 bits, {l3_4:.1f} in 4 bits; Llama-3-70B {l70_16:.1f} GiB fp16 (with its 8 KV heads; "
            "counting its 64 query heads would give {wrong70:.0f} GiB), {l70_8:.1f} / {l70_4:.1f} GiB at 8 / 4 "
            "bits. Quantizing the cache (FP8 or INT8 per head/token; INT4 with per-channel keys as in KIVI) "
-           "raises the batch or context that fits and cuts the bytes read per token. Keys have outlier "
-           "channels (RoPE), so keys are usually quantized per channel and values per token.",
+           "raises the batch or context that fits and cuts the bytes read per token. Keys have a few outlier "
+           "channels (reported by KIVI and KVQuant), so keys are usually quantized per channel and values per token.",
     follow_ups=("Why are keys harder to quantize than values?",
                 "How does paged attention interact with a quantized cache?"),
     compute=_kv,
