@@ -92,6 +92,7 @@ question(
 # --- more questions ------------------------------------------------------------------------
 
 FOLD_DIM, FOLD_OUT, FOLD_TOKENS, FOLD_GAIN = 64, 32, 256, 30  # the chapter's folding example
+FOLD_BOUND = 1e-6  # relative change of the outputs that counts as float32 rounding
 
 
 def _flatness():
@@ -162,7 +163,10 @@ def _fold():
         s = sq.smooth_scales(sq.act_scales(norm(h)), sq.weight_scales(q_proj.weight, k_proj.weight), 0.5)
         sq.smooth(norm, [q_proj, k_proj], s)
         after = torch.cat([q_proj(norm(h)), k_proj(norm(h))], 1)
-    return {"diff": float((after - before).abs().max()), "top": float(before.abs().max())}
+    rel = float((after - before).abs().max() / before.abs().max())
+    if not rel < FOLD_BOUND:
+        raise ValueError(f"folding changed the outputs by {rel:.2e} (relative), more than {FOLD_BOUND:g}")
+    return {"bound": FOLD_BOUND, "top": float(before.abs().max())}
 
 
 question(
@@ -171,8 +175,8 @@ question(
     answer="Nobody at run time: RMSNorm ends with a per-channel multiply by its weight, so dividing that weight "
            "by s (and multiplying the columns of every linear that reads the norm, e.g. q, k and v, by s) "
            "folds the smoothing offline. In float it is exact up to rounding: on the chapter's example "
-           "(an RMSNorm feeding q and k, two loud channels) the outputs change by at most {diff:.1e} for "
-           "values up to {top:.1f}. Inputs that do not come from a norm (o_proj, down_proj) need a "
+           "(an RMSNorm feeding q and k, two loud channels; outputs up to {top:.1f}) the outputs change by "
+           "less than {bound:.0e} of their largest value, float32 rounding. Inputs that do not come from a norm (o_proj, down_proj) need a "
            "producer that can absorb s, which is why SmoothQuant smooths only q/k/v and gate/up.",
     follow_ups=("Why must the same s be used for q, k and v?", "What happens to the folded scales if you later fine-tune the model?"),
     compute=_fold)
