@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from qlearn import kquants as K
-from qlearn.interview import question
+from qlearn.interview import Quiz, question
 
 
 def _bpw():
@@ -23,6 +23,7 @@ question(
             "min per {sub} weights, costs {q41} bits per weight."),
     follow_ups=("What is the bits per weight of Q6_K, and where do its extra bits go?",
                 "How would the cost change with 16-weight sub-blocks?"),
+    quiz=Quiz(prompt="Bits per weight of the GGUF Q4_K block type?", value="bpw", rel_tol=0.001, unit="bpw"),
     compute=_bpw,
 )
 
@@ -92,3 +93,140 @@ question(
                 "Why can GGUFs made on ARM differ from those made on x86?"),
     compute=_rounding,
 )
+
+
+# --- more questions ------------------------------------------------------------------------
+
+from functools import lru_cache  # noqa: E402
+
+TYPES = ("Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+ASYMMETRIC = ("Q4_1", "Q5_1", "Q2_K", "Q4_K", "Q5_K")  # types storing a min (y = d*q - m)
+
+
+@lru_cache(maxsize=1)
+def _matrix():
+    return np.random.default_rng(11).standard_normal((64, 1024)).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _type_errors():
+    W = _matrix()
+    out = {}
+    for t in TYPES:
+        Wh = K.dequantize(K.quantize(W, t), t)
+        out[t] = float(np.sum((Wh - W).astype(np.float64) ** 2) / np.sum(W.astype(np.float64) ** 2))
+        out[t + "_bpw"] = K.QTYPES[t].bits_per_weight
+    return out
+
+
+question(
+    id="ch10.types", chapter="ch10", difficulty="medium", tags=("gguf", "k-quants", "quality"),
+    question="Rank the GGUF block types by error and by size. Which are worth their bits?",
+    answer=("Relative squared error on a Gaussian matrix (no imatrix), with bits per weight: Q2_K {Q2_K:.4f} "
+            "({Q2_K_bpw}), Q3_K {Q3_K:.4f} ({Q3_K_bpw}), Q4_0 {Q4_0:.4f} ({Q4_0_bpw}), Q4_1 {Q4_1:.4f} "
+            "({Q4_1_bpw}), Q4_K {Q4_K:.4f} ({Q4_K_bpw}), Q5_K {Q5_K:.5f} ({Q5_K_bpw}), Q6_K {Q6_K:.5f} "
+            "({Q6_K_bpw}), Q8_0 {Q8_0:.6f} ({Q8_0_bpw}). Q4_K beats Q4_0 and Q4_1 at fewer bits than Q4_1: "
+            "its searched, two-level scales are the better use of overhead. Weight error is only a proxy: "
+            "the model's perplexity or KL divergence decides."),
+    follow_ups=("Why does error fall about 4x per extra bit from Q4_K to Q6_K?", "Which type would you pick for a 7B model on a phone?"),
+    compute=_type_errors)
+
+
+def _symmetry():
+    desc = {t: ", ".join(f"{f.name} ({f.what})" for f in K.QTYPES[t].layout) for t in ("Q2_K", "Q3_K", "Q6_K")}
+    has_min = {t: any(f.name in ("m", "dmin") or "min" in f.what for f in K.QTYPES[t].layout)
+               for t in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q4_1", "Q8_0")}
+    return {"q2": desc["Q2_K"], "q3": desc["Q3_K"], "q6": desc["Q6_K"],
+            "asym": ", ".join(t for t, v in has_min.items() if v),
+            "sym": ", ".join(t for t, v in has_min.items() if not v)}
+
+
+question(
+    id="ch10.symmetry", chapter="ch10", difficulty="hard", tags=("gguf", "k-quants", "zero-point"),
+    question="Which GGUF types are asymmetric (store a min) and which symmetric? Is Q2_K symmetric because it "
+             "has so few bits?",
+    answer=("No: Q2_K stores a min. Read the block layouts: Q2_K = {q2}; Q3_K = {q3}; Q6_K = {q6}. With a min "
+            "(y = d q - m): {asym}. Symmetric (y = d (q - offset)): {sym}. At 2 bits an offset grid would "
+            "waste one of only four levels, so the min pays for itself; Q3_K and Q6_K spend their bits on "
+            "signed scales per 16 weights instead."),
+    follow_ups=("Why do Q2_K's scales and mins get only 4 bits each, while Q4_K's get 6?",),
+    compute=_symmetry)
+
+
+def _two_level():
+    e = _type_errors()
+    q4k = K.QTYPES["Q4_K"]
+    sub = K.SUB_BLOCK["Q4_K"]
+    nsub = q4k.block_size // sub
+    fp16_each = 4 + 2 * 16 / sub
+    return {"q4k": e["Q4_K"], "q41": e["Q4_1"], "bpw": q4k.bits_per_weight, "q41_bpw": K.QTYPES["Q4_1"].bits_per_weight,
+            "fp16_each": fp16_each, "nsub": nsub, "sub": sub,
+            "scale_bits": (q4k.bits_per_weight - 4) * q4k.block_size}
+
+
+question(
+    id="ch10.two_level", chapter="ch10", difficulty="hard", tags=("gguf", "k-quants", "scales"),
+    question="Why do k-quants quantize their scales (6-bit sub-block scales under an fp16 super-scale) instead "
+             "of storing an fp16 scale and min per sub-block?",
+    answer=("Overhead. An fp16 scale and min for each {sub}-weight sub-block cost {fp16_each} bits per weight "
+            "(that is Q4_1: {q41_bpw}). Q4_K stores {nsub} 6-bit scales and 6-bit mins per 256 weights plus two "
+            "fp16 super-scales: {scale_bits:.0f} bits of overhead per super-block, {bpw} bpw in all. The 6-bit "
+            "rounding of the scales costs little, and Q4_K also searches each sub-block's scale and min instead "
+            "of taking the min and max: on a Gaussian matrix its error is {q4k:.4f} vs Q4_1's {q41:.4f}, at "
+            "half a bit less per weight."),
+    follow_ups=("What happens to a sub-block whose 6-bit scale rounds to 0?",),
+    compute=_two_level)
+
+
+def _mix():
+    from qlearn import gguf_mixes
+
+    c = gguf_mixes.LLAMA2_7B
+    plan = gguf_mixes.mix_plan("Q4_K_M", c)
+    promoted = sorted({name.split(".")[-2] if name.startswith("blk.") else name.split(".")[0]
+                       for name, t in plan.items() if t not in ("Q4_K", "F32")})
+    n6 = sum(1 for t in plan.values() if t == "Q6_K")
+    return {"m": gguf_mixes.mix_bpw("Q4_K_M", c), "s": gguf_mixes.mix_bpw("Q4_K_S", c),
+            "t": K.QTYPES["Q4_K"].bits_per_weight, "promoted": ", ".join(promoted), "n6": n6}
+
+
+question(
+    id="ch10.mix_bpw", chapter="ch10", difficulty="medium", tags=("gguf", "mixes", "memory"),
+    question="A Q4_K_M file of Llama-2-7B: how many bits per weight on average, and why more than 4.5?",
+    answer=("{m:.3f} bpw (Q4_K_S: {s:.3f}), against {t} for the Q4_K block type. The mix stores some tensors "
+            "in larger types ({n6} tensors in Q6_K; promoted kinds: {promoted}): the ones whose errors hurt "
+            "most per bit, like attn_v, ffn_down in the layers chosen by use_more_bits, and the output matrix. "
+            "File sizes quoted for 'Q4_K_M' therefore cannot be computed from 4.5 bpw."),
+    follow_ups=("How would you decide which tensors deserve more bits on a new architecture?", "Why is token_embd left in the low type in most mixes?"),
+    compute=_mix)
+
+
+def _q8_act():
+    from qlearn import kernels
+
+    W = _matrix()
+    x = np.random.default_rng(12).standard_normal(W.shape[1]).astype(np.float32)
+    out = {}
+    for t in kernels.MATVEC_TYPES:
+        q = K.quantize(W, t)
+        y_ref = (K.dequantize(q, t).astype(np.float64) @ x.astype(np.float64))
+        for act in ("q8", "f32"):
+            y = kernels.matvec(q, t, x, activations=act).astype(np.float64)
+            out[f"{t}_{act}"] = float(np.sum((y - y_ref) ** 2) / np.sum(y_ref ** 2))
+        y_true = W.astype(np.float64) @ x.astype(np.float64)
+        out[f"{t}_w"] = float(np.sum((y_ref - y_true) ** 2) / np.sum(y_true ** 2))
+    return out
+
+
+question(
+    id="ch10.q8_activations", chapter="ch10", difficulty="hard", tags=("gguf", "kernels", "activations"),
+    question="llama.cpp's CPU kernels quantize the activation vector to 8 bits before the dot product. How much "
+             "error does that add, compared with the weight quantization itself?",
+    answer=("Little, next to 4-bit weights. Relative error of y = W x against the same dequantized weights in float64: Q4_K with "
+            "Q8_K activations {Q4_K_q8:.1e} (float activations {Q4_K_f32:.1e}), Q6_K {Q6_K_q8:.1e}, Q8_0 with "
+            "Q8_0 activations {Q8_0_q8:.1e}. The weight quantization itself costs {Q4_K_w:.1e} (Q4_K), "
+            "{Q6_K_w:.1e} (Q6_K), {Q8_0_w:.1e} (Q8_0): for Q8_0 weights the two errors are of the same size, so "
+            "an 8-bit model computed this way is closer to W8A8 than to weight-only. In exchange every sub-block dot product is an integer "
+            "multiply-add, and Q4_K's min term becomes one product with a precomputed sum of activation codes."),
+    follow_ups=("Why does the activation error matter more for Q8_0 weights than for Q4_K?",),
+    compute=_q8_act)
