@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from qlearn import validate
+
 __all__ = ["as_float_tensor", "check_matrix", "check_pair", "check_group_size", "check_bits"]
 
 
@@ -62,7 +64,6 @@ def check_group_size(in_features: int, group_size: int) -> int:
     return int(group_size)
 
 
-def check_bits(bits: int, name: str = "w_bit", lo: int = 1, hi: int = 8) -> int:
-    if not isinstance(bits, (int, np.integer)) or not lo <= bits <= hi:
-        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {bits!r}")
-    return int(bits)
+def check_bits(bits: int, name: str = "bits", lo: int = 2, hi: int = 8) -> int:
+    """An int bit width in ``[lo, hi]`` (see :func:`qlearn.validate.bits`)."""
+    return validate.bits(bits, name, lo, hi)

@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 
+from qlearn import uniform, validate
+
 __all__ = ["Range", "OBSERVERS", "observe", "minmax", "meanabs", "percentile", "mse_optimal", "kl_entropy",
            "laplace_clip_factor", "fake_quantize_range", "sqnr_db", "layer_output_error", "channel_stats",
            "outlier_channels", "error_vs_calibration_size", "Observer"]
@@ -68,33 +70,44 @@ def _as_array(x, name: str = "x", ndim: tuple = (1, 2)) -> np.ndarray:
 
 
 def _check_bits(bits: int) -> int:
-    if not (isinstance(bits, (int, np.integer)) and 2 <= bits <= 16):
-        raise ValueError(f"bits must be an integer in 2..16, got {bits!r}")
-    return int(bits)
+    lo, hi = validate.BITS_RANGE["calibration"]
+    return validate.bits(bits, lo=lo, hi=hi)
+
+
+def _check_range(rng) -> Range:
+    if not isinstance(rng, Range):
+        raise TypeError(f"rng must be a calibration.Range (from an observer), got "
+                        f"{type(rng).__name__}")
+    lo = validate.number(rng.lo, "rng.lo")
+    hi = validate.number(rng.hi, "rng.hi")
+    if lo > hi:
+        raise ValueError(f"rng must have lo <= hi, got lo={lo}, hi={hi}")
+    return rng
 
 
 def fake_quantize_range(x, rng: Range, bits: int = 8, symmetric: bool = True) -> np.ndarray:
     """Quantize x to ``bits`` over [rng.lo, rng.hi] and back. Returns float64 numpy, x's shape.
 
-    symmetric: levels -(2^(b-1)-1) .. 2^(b-1)-1 times scale = max(|lo|, |hi|) / (2^(b-1)-1) (zero exact);
-    otherwise 2^b levels from lo to hi with an integer zero point.
+    symmetric: :mod:`qlearn.uniform`'s ``"symmetric"`` grid, levels -(2^(b-1)-1) .. 2^(b-1)-1
+    times scale = max(|lo|, |hi|) / (2^(b-1)-1) (zero exact); otherwise ``"asymmetric"``: 2^b
+    levels from min(lo, 0) to max(hi, 0) with an integer zero point. Computed in float64.
+    A zero-width range maps everything to 0.
     """
     x = _as_array(x, ndim=(1, 2, 3))
     bits = _check_bits(bits)
-    if symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        a = max(abs(rng.lo), abs(rng.hi))
-        if a == 0:
-            return np.zeros_like(x)
-        s = a / qmax
-        return np.clip(np.round(x / s), -qmax, qmax) * s
-    levels = 2 ** bits - 1
-    lo, hi = min(rng.lo, 0.0), max(rng.hi, 0.0)  # the range must contain 0 so that zero is exact
-    if hi == lo:
+    rng = _check_range(rng)
+    symmetric = validate.flag(symmetric, "symmetric")
+    mapping = "symmetric" if symmetric else "asymmetric"
+    a = max(abs(rng.lo), abs(rng.hi))
+    if a == 0 or (not symmetric and min(rng.lo, 0.0) == max(rng.hi, 0.0)):
         return np.zeros_like(x)
-    s = (hi - lo) / levels
-    z = np.round(-lo / s)
-    return (np.clip(np.round(x / s) + z, 0, levels) - z) * s
+    scale, zero = uniform.qparams_from_range(np.array([rng.lo]), np.array([rng.hi]), bits,
+                                             mapping, dtype=np.float64)
+    shape1 = (1,) * x.ndim
+    q = uniform.quantize_affine(x, scale.reshape(shape1), zero.reshape(shape1), bits,
+                                mapping=mapping, dtype=np.float64)
+    return uniform.dequantize_affine(q.codes, q.scale, q.zero_point, q.block_size, mapping,
+                                     bits=bits, dtype=np.float64)
 
 
 def sqnr_db(x, x_hat) -> float:

@@ -39,6 +39,8 @@ import numba
 import numpy as np
 import torch
 
+from qlearn import uniform, validate
+
 __all__ = [
     "Hessian", "hessian", "GPTQResult", "find_params", "rtn_quantize", "gptq_quantize",
     "dequantize", "relative_output_error", "synthetic_layer", "pack_autogptq",
@@ -139,36 +141,39 @@ def hessian(X) -> torch.Tensor:
 # 2. The min/max quantizer and round-to-nearest
 # --------------------------------------------------------------------------------------------
 
+def _mapping(sym: bool) -> str:
+    """The :mod:`qlearn.uniform` grid of the reference quantizer."""
+    return "symmetric_offset" if sym else "asymmetric"
+
+
 def find_params(W: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row scale and zero of the reference quantizer for ``W: (rows, cols) float32``.
 
-    The range always contains 0: ``xmin = min(row min, 0)``, ``xmax = max(row max, 0)``. Symmetric
-    uses ``xmax = max(|xmin|, xmax)``, ``xmin = -xmax`` (when ``xmin < 0``) and the fixed zero
+    A short wrapper of :func:`qlearn.uniform.choose_qparams` with one block per row and the
+    mapping ``"symmetric_offset"`` (sym) or ``"asymmetric"``: the range always contains 0
+    (``xmin = min(row min, 0)``, ``xmax = max(row max, 0)``); symmetric uses
+    ``xmax = max(|xmin|, xmax)``, ``xmin = -xmax`` (when ``xmin < 0``) and the fixed zero
     ``2^(bits-1)``; asymmetric rounds ``-xmin/scale``. An all-zero row gets the range [-1, 1].
     Returns ``scale, zero: (rows,) float32``.
     """
-    maxq = torch.tensor(2 ** bits - 1)
-    zero_row = torch.zeros(W.shape[0])
-    xmin = torch.minimum(W.min(1)[0], zero_row)
-    xmax = torch.maximum(W.max(1)[0], zero_row)
-    if sym:
-        xmax = torch.maximum(torch.abs(xmin), xmax)
-        neg = xmin < 0
-        xmin[neg] = -xmax[neg]
-    empty = (xmin == 0) & (xmax == 0)
-    xmin[empty] = -1
-    xmax[empty] = +1
-    scale = (xmax - xmin) / maxq
-    if sym:
-        zero = torch.full_like(scale, (2 ** bits) / 2)
-    else:
-        zero = torch.round(-xmin / scale)
-    return scale, zero
+    W = _as_float32_tensor(W, "W")
+    if W.dim() != 2 or W.shape[0] == 0 or W.shape[1] == 0:
+        raise ValueError(f"W must be a non-empty (rows, cols) matrix, got shape {tuple(W.shape)}")
+    bits = validate.bits(bits, lo=MIN_BITS, hi=MAX_BITS)
+    sym = validate.flag(sym, "sym")
+    scale, zero = uniform.choose_qparams(W.numpy(), bits, (1, W.shape[1]), _mapping(sym))
+    return torch.from_numpy(scale[:, 0]), torch.from_numpy(zero[:, 0].astype(np.float32))
 
 
-def _codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
-    """``clamp(round(w/scale) + zero, 0, maxq)`` as float32 (round half to even)."""
-    return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+def _codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
+           mapping: str) -> torch.Tensor:
+    """``clamp(round(w/scale) + zero, 0, 2^bits - 1)`` per row via :func:`uniform.quantize_affine`.
+
+    ``w: (rows, cols)``, ``scale, zero: (rows, 1)`` float32; returns ``(rows, cols)`` uint8.
+    """
+    q = uniform.quantize_affine(w.numpy(), scale.numpy(), zero.numpy(), bits,
+                                block_size=(1, w.shape[1]), mapping=mapping)
+    return torch.from_numpy(q.codes)
 
 
 @dataclass
@@ -238,14 +243,11 @@ def rtn_quantize(W, bits: int = 4, group_size: int = -1, sym: bool = True) -> GP
     bits, group_size = int(bits), int(group_size)
     out, cols = W.shape
     gs = cols if group_size == -1 else group_size
-    maxq = 2 ** bits - 1
-    scales, zeros, codes = [], [], torch.empty(out, cols, dtype=torch.uint8)
-    for g, c in enumerate(range(0, cols, gs)):
-        scale, zero = find_params(W[:, c:c + gs], bits, sym)
-        codes[:, c:c + gs] = _codes(W[:, c:c + gs], scale[:, None], zero[:, None], maxq).to(torch.uint8)
-        scales.append(scale)
-        zeros.append(zero)
-    scales, zeros = torch.stack(scales, 1), torch.stack(zeros, 1)
+    scale, zero = uniform.choose_qparams(W.numpy(), bits, (1, gs), _mapping(sym))
+    q = uniform.quantize_affine(W.numpy(), scale, zero, bits, block_size=(1, gs),
+                                mapping=_mapping(sym))
+    codes = torch.from_numpy(q.codes)
+    scales, zeros = torch.from_numpy(scale), torch.from_numpy(zero.astype(np.float32))
     g_idx = (torch.arange(cols) // gs).to(torch.int32)
     return GPTQResult(codes, scales, zeros, g_idx, None, dequantize(codes, scales, zeros, g_idx),
                       None, bits, group_size, bool(sym))
@@ -288,13 +290,14 @@ def _inverse_hessian_cholesky(H: torch.Tensor) -> torch.Tensor:
 
 def _sweep_block_torch(W1, Hinv1, scale_tab, zero_tab, col_group, maxq, codes1, Err1, losses1):
     """Reference column loop over one block. W1: (out, count) float32, modified in place."""
+    bits = int(maxq).bit_length()
     for i in range(W1.shape[1]):
         w = W1[:, i]
         d = Hinv1[i, i]
         scale, zero = scale_tab[col_group[i]], zero_tab[col_group[i]]
-        c = _codes(w, scale, zero, maxq)
+        codes1[:, i] = _codes(w[:, None], scale[:, None], zero[:, None], bits, "asymmetric")[:, 0]
+        c = codes1[:, i].to(torch.float32)
         q = scale * (c - zero)
-        codes1[:, i] = c.to(torch.uint8)
         losses1[:, i] = (w - q) ** 2 / d ** 2
         err = (w - q) / d
         W1[:, i:] -= err.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
@@ -303,7 +306,10 @@ def _sweep_block_torch(W1, Hinv1, scale_tab, zero_tab, col_group, maxq, codes1, 
 
 @numba.njit(cache=True)   # serial: a numba thread pool next to torch's OpenMP pool thrashed 2 cores
 def _sweep_block_numba(W1, Hinv1, scale_tab, zero_tab, col_group, maxq, codes1, Err1, losses1):  # pragma: no cover
-    """Same arithmetic as :func:`_sweep_block_torch`, one output row per iteration (rows are independent)."""
+    """Same arithmetic as :func:`_sweep_block_torch`, one output row per iteration (rows are independent).
+
+    The numba sweep rounds onto the grid itself (``uniform.quantize_affine`` cannot be called
+    from compiled code); ``test_gptq`` checks it against the torch sweep bit for bit."""
     out, count = W1.shape
     for r in range(out):
         w = W1[r]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qlearn import uniform, validate
 from qlearn._checks import check_matrix, check_pair
 
 __all__ = ["act_scales", "weight_scales", "smooth_scales", "smooth", "fake_quant_w8a8",
@@ -116,22 +117,24 @@ def smooth(norm: torch.nn.Module, linears, scales) -> None:
             fc.weight.mul_(s.view(1, -1))
 
 
-def absmax_fake_quant(t: torch.Tensor, mode: str, n_bits: int = 8) -> torch.Tensor:
+@validate.renamed(n_bits="bits")
+def absmax_fake_quant(t: torch.Tensor, mode: str, bits: int = 8) -> torch.Tensor:
     """Dynamic symmetric absmax fake quantization (upstream ``quantize_*_absmax``).
 
     ``scale = clamp(absmax, 1e-5) / 127``, ``t -> round(t / scale) * scale``, with absmax per row
     (``"per_channel"`` of a weight, ``"per_token"`` of activations) or over the tensor
-    (``"per_tensor"``). ``t: (rows, cols) float32``; returns a new tensor.
+    (``"per_tensor"``): :mod:`qlearn.uniform`'s ``"symmetric"`` grid with a range floor of
+    1e-5. ``t: (rows, cols) float32``; returns a new tensor. ``n_bits=`` is a deprecated alias
+    of ``bits=``.
     """
-    q_max = 2 ** (n_bits - 1) - 1
-    if mode == "per_tensor":
-        scales = t.abs().max()
-    elif mode in ("per_channel", "per_token"):
-        scales = t.abs().max(dim=-1, keepdim=True)[0]
-    else:
-        raise ValueError(f"mode must be 'per_tensor', 'per_channel' or 'per_token', got {mode!r}")
-    scales = scales.clamp(min=STAT_FLOOR).div(q_max)
-    return t.div(scales).round_().mul_(scales)
+    t = check_matrix(t, "t", "(rows, cols)")
+    bits = validate.bits(bits, lo=2, hi=8)
+    mode = validate.choice(mode, "mode", ("per_tensor", "per_channel", "per_token"))
+    x = t.detach().numpy()
+    bs = x.shape if mode == "per_tensor" else (1, x.shape[1])
+    scale, zero = uniform.choose_qparams(x, bits, bs, "symmetric", range_floor=STAT_FLOOR)
+    q = uniform.quantize_affine(x, scale, zero, bits, block_size=bs, mapping="symmetric")
+    return torch.from_numpy(q.dequantize())
 
 
 @dataclass
