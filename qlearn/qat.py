@@ -44,12 +44,12 @@ from torch import nn
 
 from qlearn import adapters, uniform
 
-__all__ = ["MAPPINGS", "METHODS", "fake_quantize_ste", "choose_qparams_torch", "LSQQuantizer",
+__all__ = ["MAPPINGS", "METHODS", "fake_quantize_ste", "LSQQuantizer",
            "lsq_step_gradient", "QATLinear", "QuantizedLinear", "BitLinear", "ternarize",
            "prepare", "prepare_bitnet", "convert", "quantized_weights", "train", "TrainLog",
            "fake_quantize_activations"]
 
-MAPPINGS = ("symmetric", "asymmetric")  # the grids of qlearn.uniform (see its module docstring)
+MAPPINGS = tuple(uniform.MAPPINGS)  # the core's grids: symmetric, symmetric_offset, asymmetric, ...
 METHODS = ("ste", "lsq")
 TERNARY_EPS = 1e-5  # BitNet's floor on the absmean scale: an all-zero weight still gets a scale
 ACT8_BITS = 8       # BitNet b1.58: 8-bit absmax activations, one scale per token
@@ -73,62 +73,28 @@ def _check_tensor(x: Any, name: str = "x") -> torch.Tensor:
     return x
 
 
-def _check_mapping(mapping: Any) -> bool:
-    """True for the symmetric grid, False for the asymmetric one."""
-    if mapping not in MAPPINGS:
+def _check_mapping(mapping: Any) -> uniform.Mapping:
+    """The core's :class:`qlearn.uniform.Mapping` of that name."""
+    if not isinstance(mapping, str) or mapping not in MAPPINGS:
         raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
-    return mapping == "symmetric"
+    return uniform.MAPPINGS[mapping]
 
 
 def _blocked(x: torch.Tensor, block_size: tuple[int, ...]) -> torch.Tensor:
-    """View x (d0, d1, ...) as (d0/b0, b0, d1/b1, b1, ...), like ``uniform._blocked``."""
-    new = []
-    for n, b in zip(x.shape, block_size):
-        new += [n // b, b]
-    return x.reshape(new)
+    """(d0, d1, ...) -> (d0/b0, b0, d1/b1, b1, ...): :mod:`qlearn.uniform`'s blocked view, in torch."""
+    return uniform._blocked(x, block_size)
 
 
-def _block_axes(ndim: int) -> tuple[int, ...]:
-    return tuple(range(1, 2 * ndim, 2))
-
-
-def _expand(p: torch.Tensor, ndim: int) -> torch.Tensor:
+def _expand(p: torch.Tensor) -> torch.Tensor:
     """Per-block parameter (n0, n1, ...) -> broadcastable (n0, 1, n1, 1, ...)."""
-    for ax in _block_axes(ndim):
-        p = p.unsqueeze(ax)
-    return p
+    return p.reshape(sum(((n, 1) for n in p.shape), ()))
 
 
-# --- the grid, in torch ------------------------------------------------------------------------
-
-def choose_qparams_torch(x: torch.Tensor, bits: int, block_size=None, mapping: str = "symmetric",
-                         clip: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The scale and zero point :func:`qlearn.uniform.quantize` picks, computed in torch.
-
-    Same float32 operations in the same order, so the results are bit-identical to the numpy
-    core (``tests/test_qat.py`` compares the bytes). x: any shape, float; block_size: one entry
-    per dimension (None = per tensor). Returns ``(scale, zero_point)``, both of shape
-    ``x.shape // block_size``, float32 (the zero point holds integers; zeros when symmetric).
-    """
-    x = _check_tensor(x)
-    bits = uniform._check_bits(bits)
-    symmetric = _check_mapping(mapping)
-    clip32 = torch.tensor(uniform._check_clip(clip), dtype=torch.float32)
-    bs = uniform._check_block_size(tuple(x.shape), block_size)
-    xb = _blocked(x.detach().float(), bs)
-    axes = _block_axes(x.ndim)
-    qmin, qmax = uniform.code_range(bits, symmetric)
-    if symmetric:
-        scale = xb.abs().amax(dim=axes) * clip32 / qmax
-        zero_point = torch.zeros_like(scale)
-    else:
-        lo = torch.clamp(xb.amin(dim=axes), max=0.0) * clip32
-        hi = torch.clamp(xb.amax(dim=axes), min=0.0) * clip32
-        scale = (hi - lo) / float(qmax - qmin)
-        safe = torch.where(scale > 0, scale, torch.full_like(scale, uniform.ALL_ZERO_SCALE))
-        zero_point = torch.clamp(qmin - torch.round(lo / safe), qmin, qmax)
-    scale = torch.where(scale > 0, scale, torch.full_like(scale, uniform.ALL_ZERO_SCALE))
-    return scale, zero_point
+def _qparams(x: torch.Tensor, bits: int, block_size, mapping: str, clip: float = 1.0):
+    """The core's :func:`qlearn.uniform.choose_qparams` of the detached ``x``, as float32
+    tensors ``(scale, zero_point)`` of shape ``x.shape // block_size``."""
+    scale, zp = uniform.choose_qparams(x.detach(), bits, block_size, mapping, clip)
+    return torch.from_numpy(scale), torch.from_numpy(zp.astype(np.float32))
 
 
 class _FakeQuantSTE(torch.autograd.Function):
@@ -162,43 +128,35 @@ def fake_quantize_ste(x: torch.Tensor, bits: int, block_size=None, mapping: str 
     Args:
         x: any shape ``(d0, d1, ...)``, float tensor (computed in float32).
         bits: 2..8. block_size: one entry per dimension (None = per tensor).
-        mapping: ``"symmetric"`` (restricted range, zero point 0) or ``"asymmetric"``.
+        mapping: a grid of :data:`qlearn.uniform.MAPPINGS` (``"symmetric"``: restricted range,
+            zero point 0; ``"symmetric_offset"``: GPTQ's; ``"asymmetric"``;
+            ``"asymmetric_minmax"``: AWQ's).
         scale, zero_point: a fixed grid, shape ``x.shape // block_size`` (default: chosen from
-            the detached ``x`` by :func:`choose_qparams_torch`, with ``clip``); values beyond
+            the detached ``x`` by :func:`qlearn.uniform.choose_qparams`, with ``clip``); values beyond
             a fixed or clipped range saturate and get no gradient.
     Returns:
         x_hat: ``x.shape`` float32.
     """
     x = _check_tensor(x)
     bits = uniform._check_bits(bits)
-    symmetric = _check_mapping(mapping)
+    m = _check_mapping(mapping)
     bs = uniform._check_block_size(tuple(x.shape), block_size)
     n_blocks = tuple(n // b for n, b in zip(x.shape, bs))
     if scale is None:
         if zero_point is not None:
             raise ValueError("zero_point given without scale: pass both (a fixed grid) or neither")
-        scale, zero_point = choose_qparams_torch(x, bits, bs, mapping, clip)
-    else:
-        scale = torch.as_tensor(scale, dtype=torch.float32).detach()
-        if scale.numel() != math.prod(n_blocks):
-            raise ValueError(f"scale must have one entry per block, shape {n_blocks}, got "
-                             f"{tuple(scale.shape)}")
-        if not (torch.isfinite(scale).all() and (scale > 0).all()):
-            raise ValueError("scale must be finite and positive in every block")
-        scale = scale.reshape(n_blocks)
+        scale, zero_point = _qparams(x, bits, bs, mapping, clip)
+    else:  # a fixed grid, checked by the core's own rules (fixed zero points, code range)
+        to_np = lambda t: t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else t  # noqa
+        scale = torch.from_numpy(uniform._check_scale(to_np(scale), n_blocks,
+                                                      np.dtype(np.float32)))
         if zero_point is None:
-            zero_point = torch.zeros_like(scale)
-        zero_point = torch.as_tensor(zero_point).detach().float()
-        if zero_point.numel() != scale.numel():
-            raise ValueError(f"zero_point must have one entry per block, shape {n_blocks}, got "
-                             f"{tuple(zero_point.shape)}")
-        if symmetric and bool((zero_point != 0).any()):
-            raise ValueError("the symmetric mapping has zero_point 0; pass mapping='asymmetric' "
-                             "for a grid with a zero point")
-        zero_point = zero_point.reshape(n_blocks)
-    qmin, qmax = uniform.code_range(bits, symmetric)
-    out = _FakeQuantSTE.apply(_blocked(x.float(), bs), _expand(scale, x.ndim),
-                              _expand(zero_point, x.ndim), qmin, qmax)
+            zero_point = np.full(n_blocks, m.fixed_zero_point(bits) or 0)
+        zero_point = torch.from_numpy(uniform._check_zero_point(
+            to_np(zero_point), n_blocks, m, bits).astype(np.float32))
+    qmin, qmax = m.code_range(bits)
+    out = _FakeQuantSTE.apply(_blocked(x.float(), bs), _expand(scale), _expand(zero_point),
+                              qmin, qmax)
     return out.reshape(x.shape)
 
 
@@ -273,10 +231,10 @@ class LSQQuantizer(nn.Module):
         per_step = math.prod(self.block_size)
         self.grad_scale = 1.0 / math.sqrt(per_step * self.q_p)
         if init == "absmax":
-            step, _ = choose_qparams_torch(weight, self.bits, self.block_size, "symmetric")
+            step, _ = _qparams(weight, self.bits, self.block_size, "symmetric")
         elif init == "lsq":
             wb = _blocked(weight.detach().float(), self.block_size)
-            step = 2 * wb.abs().mean(dim=_block_axes(weight.ndim)) / math.sqrt(self.q_p)
+            step = 2 * wb.abs().mean(dim=tuple(range(1, 2 * weight.ndim, 2))) / math.sqrt(self.q_p)
             step = torch.where(step > 0, step, torch.full_like(step, uniform.ALL_ZERO_SCALE))
         else:
             raise ValueError(f"init must be 'absmax' or 'lsq', got {init!r}")
@@ -289,7 +247,7 @@ class LSQQuantizer(nn.Module):
         if not bool((self.step.detach() > 0).all()):
             raise ValueError("a learned step size became <= 0; lower the learning rate")
         out = _LSQFunction.apply(_blocked(weight.float(), self.block_size),
-                                 _expand(self.step, weight.ndim), self.grad_scale,
+                                 _expand(self.step), self.grad_scale,
                                  self.q_n, self.q_p)
         return out.reshape(self.shape)
 
@@ -341,7 +299,7 @@ class QATLinear(nn.Module):
         """(scale, zero_point) of the grid the forward pass uses now, per block, float32."""
         if self.lsq is not None:
             return self.lsq.qparams()
-        return choose_qparams_torch(self.weight, self.bits, self.block_size, self.mapping)
+        return _qparams(self.weight, self.bits, self.block_size, self.mapping)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.activations_bits is not None:
@@ -418,8 +376,8 @@ def ternarize(w: Any) -> uniform.QTensor:
         else _check_tensor(w, "w")
     gamma = _absmean_scale(t)
     return uniform.quantize_affine(t.detach().float(), gamma.reshape((1,) * t.ndim).numpy(),
-                                   np.zeros((1,) * t.ndim, np.int32), bits=2, symmetric=True,
-                                   block_size=tuple(t.shape))
+                                   np.zeros((1,) * t.ndim, np.int32), bits=2,
+                                   block_size=tuple(t.shape), mapping="symmetric")
 
 
 class BitLinear(nn.Module):
@@ -481,7 +439,7 @@ def prepare(model: nn.Module, bits: int, group_size: int | None = None, method: 
     Every linear of :func:`qlearn.adapters.find_linears` (the LM head and embedding stay full
     precision) becomes a :class:`QATLinear`: ``bits`` 2..8, one scale per ``group_size``
     consecutive inputs of each output row (None: one per output channel), ``method`` "ste" or
-    "lsq", ``mapping`` "symmetric"/"asymmetric" (LSQ: symmetric), activations per token at
+    "lsq", ``mapping`` one of :data:`MAPPINGS` (LSQ: "symmetric"), activations per token at
     ``activations_bits`` (None: full precision). ``model`` is not modified. All parameters of
     the copy are trainable.
     """
@@ -522,7 +480,7 @@ def _qat_modules(model: nn.Module) -> dict[str, nn.Module]:
 @torch.no_grad()
 def quantized_weights(model: nn.Module) -> dict[str, uniform.QTensor]:
     """{linear name: QTensor} of a prepared model's current weights, on the grid its forward
-    pass uses: ``uniform.quantize_affine(W, scale, zero_point, bits, symmetric, block_size)``."""
+    pass uses: ``uniform.quantize_affine(W, scale, zero_point, bits, block_size=, mapping=)``."""
     out = {}
     for name, m in _qat_modules(model).items():
         w = m.weight.detach().float()
@@ -531,7 +489,7 @@ def quantized_weights(model: nn.Module) -> dict[str, uniform.QTensor]:
             continue
         scale, zp = m.qparams()
         out[name] = uniform.quantize_affine(w, scale.numpy(), zp.numpy().astype(np.int32), m.bits,
-                                            m.mapping == "symmetric", m.block_size)
+                                            block_size=m.block_size, mapping=m.mapping)
     return out
 
 

@@ -27,16 +27,16 @@ def same_bytes(a, b):
 @pytest.mark.parametrize("mapping", qat.MAPPINGS)
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("block", ["tensor", "channel", "group"])
-def test_qparams_and_forward_equal_the_numpy_core(mapping, bits, block):
+def test_forward_equals_the_core_bit_for_bit(mapping, bits, block):
     w = torch.from_numpy(np.random.default_rng(bits).standard_normal((12, 32)).astype(np.float32))
-    w[3] = w[3].abs()  # a row with no negative value: the asymmetric range must still include 0
+    w[3] = w[3].abs()  # a row with no negative value: the mappings treat it differently
     bs = {"tensor": None, "channel": (1, 32), "group": (1, 8)}[block]
-    ref = uniform.quantize(w.numpy(), bits, mapping == "symmetric", bs)
-    scale, zp = qat.choose_qparams_torch(w, bits, bs, mapping)
-    assert same_bytes(scale.numpy(), ref.scale)
-    assert np.array_equal(zp.numpy().astype(np.int32), ref.zero_point)
+    ref = uniform.quantize(w.numpy(), bits, block_size=bs, mapping=mapping)
     w_hat = qat.fake_quantize_ste(w, bits, bs, mapping)
     assert same_bytes(w_hat.detach().numpy(), uniform.dequantize(ref))
+    fixed = qat.fake_quantize_ste(w, bits, bs, mapping, scale=torch.from_numpy(ref.scale),
+                                  zero_point=torch.from_numpy(ref.zero_point))
+    assert torch.equal(fixed, w_hat)
 
 
 def test_ste_backward_is_identity_inside_and_zero_where_clamped():
@@ -139,6 +139,8 @@ def test_prepare_replaces_exactly_the_adapter_linears():
 
 @pytest.mark.parametrize("method,mapping,group", [("ste", "symmetric", None),
                                                   ("ste", "asymmetric", 16),
+                                                  ("ste", "symmetric_offset", 8),
+                                                  ("ste", "asymmetric_minmax", None),
                                                   ("lsq", "symmetric", 8)])
 def test_convert_equals_quantize_affine_bit_for_bit(method, mapping, group):
     torch.manual_seed(0)
@@ -153,14 +155,14 @@ def test_convert_equals_quantize_affine_bit_for_bit(method, mapping, group):
         src = adapters.find_linears(q)[name]
         w = src.weight.detach().numpy()
         if method == "ste":  # the grid is the core's own choice for these weights
-            ref = uniform.quantize(w, 2, mapping == "symmetric", src.block_size)
+            ref = uniform.quantize(w, 2, block_size=src.block_size, mapping=mapping)
         else:  # the learned step sizes
             ref = uniform.quantize_affine(w, src.lsq.step.detach().numpy(),
-                                          np.zeros(src.lsq.step.shape, np.int32), 2, True,
-                                          src.block_size)
+                                          np.zeros(src.lsq.step.shape, np.int32), 2,
+                                          block_size=src.block_size, mapping="symmetric")
         got = m.qtensor
         assert same_bytes(got.codes, ref.codes) and same_bytes(got.scale, ref.scale)
-        assert np.array_equal(got.zero_point, ref.zero_point)
+        assert np.array_equal(got.zero_point, ref.zero_point) and got.mapping == mapping
         assert same_bytes(m.weight.numpy(), src.weight_hat().detach().numpy())
     x = torch.randint(0, SMALL.vocab_size, (2, 16))
     with torch.no_grad():
@@ -234,6 +236,9 @@ def test_convert_bitnet_holds_ternary_codes():
     (lambda: qat.fake_quantize_ste(torch.ones(4, dtype=torch.int32), 4), ValueError, "floating"),
     (lambda: qat.fake_quantize_ste(torch.ones(4), 4, scale=torch.tensor([0.0])), ValueError,
      "positive"),
+    (lambda: qat.fake_quantize_ste(torch.ones(4), 2, None, "symmetric_offset",
+                                   scale=torch.ones(1), zero_point=torch.ones(1)), ValueError,
+     "fixes the zero point"),
     (lambda: qat.fake_quantize_ste(torch.ones(4), 4, scale=torch.ones(2)), ValueError, "per block"),
     (lambda: qat.fake_quantize_ste(torch.ones(4), 4, zero_point=torch.ones(1)), ValueError,
      "without scale"),
