@@ -47,7 +47,7 @@ from qlearn import adapters, uniform
 __all__ = ["MAPPINGS", "METHODS", "fake_quantize_ste", "LSQQuantizer",
            "lsq_step_gradient", "QATLinear", "QuantizedLinear", "BitLinear", "ternarize",
            "prepare", "prepare_bitnet", "convert", "quantized_weights", "train", "TrainLog",
-           "fake_quantize_activations"]
+           "fake_quantize_activations", "blockwise_qat"]
 
 MAPPINGS = tuple(uniform.MAPPINGS)  # the core's grids: symmetric, symmetric_offset, asymmetric, ...
 METHODS = ("ste", "lsq")
@@ -573,3 +573,113 @@ def train(model: nn.Module, tokens: torch.Tensor, steps: int, lr: float = 1e-4, 
         torch.set_num_threads(old_threads)
     return TrainLog(loss=losses, steps=steps, tokens=steps * batch * seq,
                     wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0)
+
+
+# --- block-wise QAT (EfficientQAT's Block-AP, OmniQuant) ------------------------------------------
+
+class _StopForward(Exception):
+    pass
+
+
+@torch.no_grad()
+def _first_layer_input(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The hidden states entering decoder layer 0, (batch, seq, dim) float32."""
+    captured = {}
+
+    def hook(mod, args):
+        captured["h"] = args[0].detach().float().clone()
+        raise _StopForward
+
+    handle = adapters.decoder_layers(model)[0].register_forward_pre_hook(hook)
+    try:
+        model(tokens)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured["h"]
+
+
+def blockwise_qat(model: nn.Module, tokens: torch.Tensor, bits: int = 3, group_size: int = 64,
+                  method: str = "lsq", mapping: str = "symmetric", epochs: int = 2,
+                  batch: int = 4, lr_weight: float = 1e-5, lr_step: float = 1e-4,
+                  max_layers: int | None = None, seed: int = 0,
+                  progress: bool = False) -> tuple[nn.Module, list[dict]]:
+    """Train each decoder block to reproduce its full-precision outputs, one block at a time.
+
+    The scheme of EfficientQAT's Block-AP and OmniQuant: block ``i``'s linears become
+    :class:`QATLinear` (``bits``, ``group_size``, ``method``, ``mapping``); their weights
+    (AdamW, ``lr_weight``) and step sizes (``lr_step``, LSQ only) are trained for ``epochs``
+    passes over the cached inputs so that the block, fed the outputs of the already quantized
+    blocks ``0..i-1``, matches the full-precision block fed the full-precision inputs (mean
+    squared error). Memory stays at one block plus two copies of the cached hidden states.
+
+    Args:
+        model: a decoder with :mod:`qlearn.adapters` naming; not modified.
+        tokens: (n_samples, seq) int64 calibration tokens.
+        max_layers: train only the first ``max_layers`` blocks (the others stay full precision).
+    Returns:
+        ``(converted deep copy, [{"layer", "mse_rtn", "mse_qat", "seconds"} per block])``:
+        ``mse_rtn`` is the block's output error at the start (round-to-nearest weights),
+        ``mse_qat`` after training, both on the cached inputs.
+    """
+    tokens = torch.as_tensor(tokens)
+    if tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32) or tokens.numel() == 0:
+        raise ValueError(f"tokens must be a non-empty (n_samples, seq) integer tensor, got shape "
+                         f"{tuple(tokens.shape)} dtype {tokens.dtype}")
+    for name, v in (("epochs", epochs), ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    q = copy.deepcopy(model).eval()
+    for p in q.parameters():
+        p.requires_grad_(False)
+    fp_layers, q_layers = adapters.decoder_layers(model), adapters.decoder_layers(q)
+    n = len(fp_layers) if max_layers is None else min(int(max_layers), len(fp_layers))
+    h_fp = _first_layer_input(model, tokens.long())
+    h_q = h_fp.clone()
+    g = torch.Generator().manual_seed(seed)
+    report = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            target = torch.cat([fp_layers[i](h_fp[j:j + batch])
+                                for j in range(0, len(h_fp), batch)])
+        names = [f"layers.{i}.{sub}" for sub in adapters.LAYER_LINEARS]
+        adapters.replace_linears(q, lambda name, lin: QATLinear(
+            lin, bits, _group_block(lin.in_features, group_size), method, mapping), names)
+        layer = q_layers[i]
+        mods = [layer.get_submodule(sub) for sub in adapters.LAYER_LINEARS]
+        groups = [{"params": [m.weight for m in mods], "lr": lr_weight}]
+        if method == "lsq":
+            groups.append({"params": [m.lsq.step for m in mods], "lr": lr_step})
+        opt = torch.optim.AdamW(groups, weight_decay=0.0)
+
+        def block_mse() -> float:
+            with torch.no_grad():
+                return float(sum(F.mse_loss(layer(h_q[j:j + batch]), target[j:j + batch],
+                                            reduction="sum")
+                                 for j in range(0, len(h_q), batch)) / target.numel())
+
+        mse_rtn = block_mse()
+        for _ in range(epochs):
+            for idx in torch.randperm(len(h_q), generator=g).split(batch):
+                loss = F.mse_loss(layer(h_q[idx]), target[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        for m in mods:
+            m.weight.requires_grad_(False)
+            if m.lsq is not None:
+                m.lsq.step.requires_grad_(False)
+        mse_qat = block_mse()
+        with torch.no_grad():
+            h_q = torch.cat([layer(h_q[j:j + batch]) for j in range(0, len(h_q), batch)])
+        h_fp = target
+        report.append({"layer": i, "mse_rtn": mse_rtn, "mse_qat": mse_qat,
+                       "seconds": time.perf_counter() - t0})
+        if progress:
+            print(f"block {i}: output MSE {mse_rtn:.3e} (RTN) -> {mse_qat:.3e} (QAT), "
+                  f"{report[-1]['seconds']:.1f} s", flush=True)
+    return convert(q), report
