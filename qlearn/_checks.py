@@ -17,12 +17,15 @@ __all__ = ["as_float_tensor", "check_matrix", "check_pair", "check_group_size", 
 def as_float_tensor(x, name: str) -> torch.Tensor:
     """Return ``x`` as a float32 torch tensor (numpy float32 arrays are accepted and wrapped)."""
     if isinstance(x, np.ndarray):
+        if x.dtype != np.float32:
+            raise validate.ArgumentTypeError(f"{name} must be float32, got a numpy array of "
+                                             f"dtype {x.dtype}")
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a float32 torch tensor, got {type(x).__name__} "
+        raise validate.ArgumentTypeError(f"{name} must be a float32 torch tensor, got {type(x).__name__} "
                          f"(wrap it with torch.as_tensor(..., dtype=torch.float32))")
     if x.dtype != torch.float32:
-        raise ValueError(f"{name} must be float32, got {x.dtype} (convert with {name}.float())")
+        raise validate.ArgumentTypeError(f"{name} must be float32, got {x.dtype} (convert with {name}.float())")
     return x
 
 

@@ -125,9 +125,15 @@ def output_error(X, W, W_hat, X_hat=None) -> float:
     ``X: (tokens, in)``, ``W, W_hat: (out, in)``; ``X_hat`` defaults to ``X`` (pass ``X / s`` with
     a scaled ``W_hat`` to measure AWQ in its scaled space).
     """
+    W, X = check_pair(W, X)
+    W_hat = check_matrix(W_hat, "W_hat", "(out_features, in_features)")
+    X_hat = X if X_hat is None else check_matrix(X_hat, "X_hat", "(tokens, in_features)")
+    if W_hat.shape != W.shape or X_hat.shape != X.shape:
+        raise ValueError(f"W_hat and X_hat must have the shapes of W {tuple(W.shape)} and X "
+                         f"{tuple(X.shape)}, got {tuple(W_hat.shape)} and {tuple(X_hat.shape)}")
     X64, W64 = X.double(), W.double()
     ref = X64 @ W64.T
-    approx = (X if X_hat is None else X_hat).double() @ W_hat.double().T
+    approx = X_hat.double() @ W_hat.double().T
     return float(((ref - approx) ** 2).sum() / (ref ** 2).sum())
 
 

@@ -54,13 +54,14 @@ def _as_array(x, name: str = "x", ndim: tuple = (1, 2)) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
-    if x.dtype.kind not in "fiu":
-        raise ValueError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    if x.dtype.kind != "f":
+        raise validate.ArgumentTypeError(f"{name} must be a floating-point array of "
+                                         f"activations, got dtype {x.dtype}")
     if x.ndim not in ndim:
         raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dimensions "
                          f"(tokens, features), got shape {x.shape}")
     if x.size == 0:
-        raise ValueError(f"{name} is empty (shape {x.shape}): calibration needs at least one activation "
+        raise ValueError(f"{name} is empty (got shape {x.shape}): calibration needs at least one activation "
                          f"(run the model on some text first)")
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
@@ -233,6 +234,9 @@ def kl_entropy(x, bits: int = 8, bins: int = KL_BINS) -> Range:
 def observe(x, method: str = "minmax", bits: int = 8, symmetric: bool = True,
             p: float = DEFAULT_PERCENTILE) -> Range:
     """Dispatch to an observer by name (one of OBSERVERS). x: (tokens, features) or flat activations."""
+    validate.choice(method, "method", OBSERVERS)
+    bits = _check_bits(bits)
+    symmetric = validate.flag(symmetric, "symmetric")
     if method == "minmax":
         return minmax(x, symmetric)
     if method == "meanabs":
@@ -259,7 +263,8 @@ class Observer:
                  p: float = DEFAULT_PERCENTILE, max_values: int = 2_000_000, seed: int = 0):
         if method not in OBSERVERS:
             raise ValueError(f"unknown observer {method!r}; expected one of {OBSERVERS}")
-        self.method, self.bits, self.symmetric, self.p = method, _check_bits(bits), symmetric, p
+        self.method, self.bits, self.p = method, _check_bits(bits), p
+        self.symmetric = validate.flag(symmetric, "symmetric")
         self.max_values, self._rng = max_values, np.random.default_rng(seed)
         self.features: int | None = None
         self._chunks: list[np.ndarray] = []
@@ -322,6 +327,8 @@ def channel_stats(x) -> dict:
 
 def outlier_channels(x, ratio: float = OUTLIER_RATIO) -> np.ndarray:
     """Indices of features whose |max| exceeds ``ratio`` times the median feature's |max| (sorted, largest first)."""
+    ratio = validate.number(ratio, "ratio", lo=1.0, hint="a channel is an outlier when its "
+                            "|max| is ratio times the median channel's")
     absmax = channel_stats(x)["absmax"]
     idx = np.nonzero(absmax > ratio * np.median(absmax))[0]
     return idx[np.argsort(-absmax[idx])]

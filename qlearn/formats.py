@@ -149,6 +149,9 @@ def _as_float32(x, where: str) -> np.ndarray:
     if arr.dtype != np.float32:
         raise ValueError(f"{where}: expected dtype float32, got {arr.dtype} "
                          f"(convert with np.asarray(x, dtype=np.float32))")
+    if arr.size == 0:
+        raise ValueError(f"{where}: expected at least one value, got an empty array of shape "
+                         f"{arr.shape}")
     return arr
 
 

@@ -235,14 +235,11 @@ def mix_plan(mix: str, model_config: ModelConfig) -> dict[str, str]:
 
 
 def bits_per_weight(qtype: str) -> float:
-    """Storage bits per weight of a ggml type: bytes per block * 8 / weights per block."""
-    import gguf
+    """Storage bits per weight of a ggml type: bytes per block * 8 / weights per block
+    (from :mod:`qlearn.blocktypes`)."""
+    from qlearn import blocktypes
 
-    try:
-        bs, ts = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]]
-    except KeyError:
-        raise ValueError(f"unknown ggml type {qtype!r}") from None
-    return ts * 8 / bs
+    return blocktypes.bits_per_weight(qtype)
 
 
 def mix_bpw(mix: str, model_config: ModelConfig) -> float:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from qlearn import blocktypes
+
 __all__ = ["Field", "Layout", "FORMATS", "bits_per_weight", "ModelConfig", "MODELS",
            "weight_memory_bytes", "kv_cache_bytes", "fits_on_gpu", "max_context_that_fits",
            "gb", "gib", "BYTES_PER_GB", "BYTES_PER_GIB"]
@@ -30,8 +32,6 @@ BYTES_PER_GB = 10 ** 9  # SI gigabyte: disk sizes, model cards
 BYTES_PER_GIB = 2 ** 30  # binary gibibyte: GPU memory, nvidia-smi, torch.cuda
 BITS_PER_BYTE = 8
 FP32, FP16, INT8 = 32, 16, 8  # bit widths of the scalar types that appear in layouts
-QK_K = 256  # weights per GGUF k-quant super-block
-QK = 32  # weights per GGUF legacy block (Q4_0, Q8_0, ...)
 NF4_BLOCK = 64  # bitsandbytes' default 4-bit blocksize
 NF4_DQ_BLOCK = 256  # bitsandbytes' double-quant blocksize (absmax values per second-level scale)
 
@@ -48,13 +48,7 @@ def gib(n_bytes: float) -> float:
 
 # --- storage formats ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Field:
-    """``count`` values of ``bits`` bits each, stored per block (``name`` says what they are)."""
-
-    name: str
-    count: int
-    bits: int
+Field = blocktypes.Field  # count values of bits bits per block (what they are)
 
 
 @dataclass(frozen=True)
@@ -102,38 +96,11 @@ _LAYOUTS = [
     _int_per_group(8, 128, None), _int_per_group(4, 128, None), _int_per_group(4, 128, 4),
     _int_per_group(4, 128, FP16), _int_per_group(4, 32, None), _int_per_group(3, 128, 3),
     _int_per_group(2, 64, 2),
-    # GGUF legacy blocks of 32 weights (ggml-common.h block_q*_0 / block_q*_1)
-    Layout("Q8_0", QK, (Field("fp16 d", 1, FP16), Field("int8 codes", QK, 8)), "x = d*q"),
-    Layout("Q4_0", QK, (Field("fp16 d", 1, FP16), Field("4-bit codes", QK, 4)), "x = d*(q-8)"),
-    Layout("Q4_1", QK, (Field("fp16 d", 1, FP16), Field("fp16 m", 1, FP16),
-                        Field("4-bit codes", QK, 4)), "x = d*q + m"),
-    Layout("Q5_0", QK, (Field("fp16 d", 1, FP16), Field("high bits", QK, 1),
-                        Field("low 4 bits", QK, 4)), "x = d*(q-16)"),
-    Layout("Q5_1", QK, (Field("fp16 d", 1, FP16), Field("fp16 m", 1, FP16),
-                        Field("high bits", QK, 1), Field("low 4 bits", QK, 4)), "x = d*q + m"),
-    # GGUF k-quants: super-blocks of 256 weights in sub-blocks of 16 or 32
-    Layout("Q2_K", QK_K, (Field("4-bit scales+mins", 2 * 16, 4), Field("2-bit codes", QK_K, 2),
-                          Field("fp16 d", 1, FP16), Field("fp16 dmin", 1, FP16)),
-           "16 sub-blocks of 16"),
-    Layout("Q3_K", QK_K, (Field("high-bit mask", QK_K, 1), Field("low 2 bits", QK_K, 2),
-                          Field("6-bit scales", 16, 6), Field("fp16 d", 1, FP16)),
-           "16 sub-blocks of 16"),
-    Layout("Q4_K", QK_K, (Field("fp16 d", 1, FP16), Field("fp16 dmin", 1, FP16),
-                          Field("6-bit scales+mins", 2 * 8, 6), Field("4-bit codes", QK_K, 4)),
-           "8 sub-blocks of 32"),
-    Layout("Q5_K", QK_K, (Field("fp16 d", 1, FP16), Field("fp16 dmin", 1, FP16),
-                          Field("6-bit scales+mins", 2 * 8, 6), Field("high bits", QK_K, 1),
-                          Field("low 4 bits", QK_K, 4)), "8 sub-blocks of 32"),
-    Layout("Q6_K", QK_K, (Field("low 4 bits", QK_K, 4), Field("high 2 bits", QK_K, 2),
-                          Field("int8 scales", 16, INT8), Field("fp16 d", 1, FP16)),
-           "16 sub-blocks of 16"),
-    # bitsandbytes 4-bit (NF4 / FP4)
-    Layout("NF4", NF4_BLOCK, (Field("4-bit codes", NF4_BLOCK, 4), Field("fp32 absmax", 1, FP32)),
-           "bitsandbytes blocksize 64"),
-    Layout("NF4 + double quant", NF4_BLOCK * NF4_DQ_BLOCK,
-           (Field("4-bit codes", NF4_BLOCK * NF4_DQ_BLOCK, 4),
-            Field("8-bit absmax", NF4_DQ_BLOCK, INT8), Field("fp32 absmax scale", 1, FP32)),
-           "absmax of 256 blocks quantized to 8 bits with one fp32 scale"),
+    # GGUF blocks (legacy, k-quants, IQ4) and bitsandbytes 4-bit: from qlearn.blocktypes
+    *(Layout(t.name, t.block_size, t.fields, t.note) for t in blocktypes.GGUF_TYPES.values()),
+    *(Layout(t.name, t.block_size, t.fields, t.note)
+      for t in (blocktypes.nf4_type(NF4_BLOCK), blocktypes.nf4_type(NF4_BLOCK, True,
+                                                                     NF4_DQ_BLOCK))),
 ]
 
 FORMATS: dict[str, Layout] = {lay.name: lay for lay in _LAYOUTS}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from qlearn import uniform, validate
@@ -68,6 +69,16 @@ def _check_alpha(alpha) -> float:
     return float(alpha)
 
 
+def _vector(v, name: str) -> torch.Tensor:
+    """A 1-D float statistic as a (1, n) float32 tensor (numpy or torch in)."""
+    if isinstance(v, np.ndarray):
+        v = torch.from_numpy(validate.float_array(v, name, ndim=1, allow_empty=True))
+    if not isinstance(v, torch.Tensor):
+        raise validate.ArgumentTypeError(f"{name} must be a 1-D float tensor, got "
+                                         f"{type(v).__name__}")
+    return v.reshape(1, -1)
+
+
 def smooth_scales(act_scales, weight_scales, alpha: float = 0.5) -> torch.Tensor:
     """SmoothQuant's factors ``s = clamp(act^alpha / weight^(1 - alpha), 1e-5)``.
 
@@ -78,8 +89,8 @@ def smooth_scales(act_scales, weight_scales, alpha: float = 0.5) -> torch.Tensor
     Returns:
         (in_features,) float32.
     """
-    a = check_matrix(torch.as_tensor(act_scales).reshape(1, -1), "act_scales", "(in_features,)")[0]
-    w = check_matrix(torch.as_tensor(weight_scales).reshape(1, -1), "weight_scales",
+    a = check_matrix(_vector(act_scales, "act_scales"), "act_scales", "(in_features,)")[0]
+    w = check_matrix(_vector(weight_scales, "weight_scales"), "weight_scales",
                      "(in_features,)")[0]
     if a.shape != w.shape:
         raise ValueError(f"act_scales and weight_scales must have the same length, got "
@@ -101,7 +112,7 @@ def smooth(norm: torch.nn.Module, linears, scales) -> None:
         scales: (in_features,) float32.
     """
     linears = list(linears)
-    s = check_matrix(torch.as_tensor(scales).reshape(1, -1), "scales", "(in_features,)")[0]
+    s = check_matrix(_vector(scales, "scales"), "scales", "(in_features,)")[0]
     if getattr(norm, "weight", None) is None or norm.weight.shape != s.shape:
         raise ValueError(f"norm must have a weight of shape {tuple(s.shape)}, got "
                          f"{None if getattr(norm, 'weight', None) is None else tuple(norm.weight.shape)}")

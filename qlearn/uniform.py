@@ -118,9 +118,9 @@ def _check_block_size(shape: tuple[int, ...], block_size: Any) -> tuple[int, ...
         if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
             raise ValueError(f"block_size entries must be positive integers, got {bs}")
         if n % b:
-            raise ValueError(f"block_size {bs} must divide the shape {tuple(shape)}: dimension {d} "
-                             f"has {n} elements, not a multiple of {b} (pad x or pick a divisor "
-                             f"of {n})")
+            raise ValueError(f"block_size must divide the shape {tuple(shape)}, got {bs}: "
+                             f"dimension {d} has {n} elements, not a multiple of {b} (pad x or "
+                             f"pick a divisor of {n})")
     return tuple(int(b) for b in bs)
 
 
@@ -165,11 +165,13 @@ def block_size_for(shape: tuple[int, ...], granularity: str,
             raise ValueError(f"per_channel needs at least 2 dimensions (out, in), got shape {shape} "
                              f"(a 1-D vector is one channel: use 'per_tensor')")
         return lead + (shape[-1],)
-    if group_size is None or isinstance(group_size, bool) or int(group_size) < 1:
+    if group_size is None or isinstance(group_size, bool) \
+            or not isinstance(group_size, (int, np.integer)) or group_size < 1:
         raise ValueError(f"per_group needs a positive group_size, got {group_size!r} (e.g. 128)")
     if shape[-1] % int(group_size):
-        raise ValueError(f"group_size must divide the last dimension: {shape[-1]} is not a multiple "
-                         f"of {group_size} (pad the rows or pick a divisor of {shape[-1]})")
+        raise ValueError(f"group_size must divide the last dimension, got {group_size}: "
+                         f"{shape[-1]} is not a multiple of {group_size} (pad the rows or pick "
+                         f"a divisor of {shape[-1]})")
     return lead + (int(group_size),)
 
 
@@ -331,6 +333,8 @@ def qparams_from_range(lo: Any, hi: Any, bits: int, mapping: str = "symmetric",
     Returns:
         ``(scale, zero_point)``: ``lo.shape`` ``dtype`` (positive) and int32.
     """
+    if mapping is None:
+        raise ValueError(f"mapping must be one of {tuple(MAPPINGS)}, got None")
     m = _mapping(mapping)
     bits = _check_bits(bits)
     clip = _check_clip(clip)
@@ -398,6 +402,8 @@ def choose_qparams(x: Any, bits: int, block_size: tuple[int, ...] | None = None,
         ``(scale, zero_point)``, each of shape ``x.shape // block_size``: float32 (``dtype``)
         and int32.
     """
+    if mapping is None:
+        raise ValueError(f"mapping must be one of {tuple(MAPPINGS)}, got None")
     _mapping(mapping)
     arr = _to_numpy_float32(x, keep_float64=np.dtype(dtype) == np.float64)
     arr = arr.astype(_check_dtype(dtype), copy=False)
@@ -438,7 +444,9 @@ def _check_scale(scale: Any, n_blocks: tuple[int, ...], dt: np.dtype, name: str 
         raise ArgumentTypeError(f"{name} must be a float array, got dtype {s.dtype}")
     s = s.astype(dt).reshape(n_blocks)
     if not (np.isfinite(s).all() and (s > 0).all()):
-        raise ValueError(f"{name} must be finite and positive in every block")
+        bad = s[~(np.isfinite(s) & (s > 0))]
+        raise ValueError(f"{name} must be finite and positive in every block, got "
+                         f"{bad.size} block(s) with {bad.reshape(-1)[0]!r}")
     return s
 
 
@@ -500,6 +508,8 @@ def dequantize_affine(codes: Any, scale: Any, zero_point: Any,
     Returns:
         ``codes.shape`` ``dtype``.
     """
+    if mapping is None:
+        raise ValueError(f"mapping must be one of {tuple(MAPPINGS)}, got None")
     m = _mapping(mapping)
     dt = _check_dtype(dtype)
     if _is_torch(codes):
@@ -689,6 +699,7 @@ def theoretical_distortion(bits: int, dist: str, clip: float | None = None,
     if clip is None:
         if math.isinf(support):
             raise ValueError(f"dist {dist!r} is unbounded: pass clip (in standard deviations), "
+                             f"got clip=None; "
                              f"e.g. optimal_clip({bits}, {dist!r})")
         clip = support
     if not (isinstance(clip, (int, float, np.floating)) and 0 < clip < math.inf):

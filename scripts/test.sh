@@ -1,32 +1,49 @@
 #!/usr/bin/env bash
-# The whole test suite. Installs what it needs first (scripts/install.sh), then runs:
-#   1. pytest over tests/ (unit + hypothesis property tests, the exercise grader over the
-#      solution notebooks and the blank student notebooks, book consistency checks);
-#   2. nbval over every notebook in notebooks/ (saved outputs must match a fresh run);
-#   3. a strict book build (warnings are errors) from a clean _build.
+# The whole test suite (CI runs exactly this via .ci/run). Installs what it needs first, then:
+#   - pytest over tests/ (unit + hypothesis property tests, the exercise grader over solutions,
+#     blanks and crafted attacks, install and book consistency checks);
+#   - nbval over every notebook in notebooks/ (saved outputs must match a fresh run);
+#   - a strict book build (warnings are errors) from a clean _build.
+# Each stage prints one header line and ends with its time; failures print in full.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+T0=$(date +%s)
+TIMINGS=""
+stage_begin() { echo "=== $1"; STAGE_T=$(date +%s); STAGE_NAME=$2; }
+stage_end() {
+  local dt=$(( $(date +%s) - STAGE_T ))
+  TIMINGS="$TIMINGS${TIMINGS:+, }$STAGE_NAME $dt s"
+  echo "--- $STAGE_NAME: done in $dt s"
+}
+
+stage_begin "install (scripts/install.sh)" install
 bash scripts/install.sh
+stage_end
+
 export PIP_CONSTRAINT="$PWD/.venv/qlearn/constraints.txt"
 # no MPLBACKEND here: notebook kernels inherit it and Agg would drop every figure under nbval
 unset MPLBACKEND
 export PYTHONHASHSEED=0
 # numba's on-disk cache lives in the clone, so a second run skips compilation
 export NUMBA_CACHE_DIR="$PWD/.cache/numba"
+# no download progress bars in test output or in outputs compared by nbval
+export QLEARN_PROGRESS=0
 PY=.venv/bin/python
-t0=$(date +%s)
 
-echo "=== 1/3 unit, property and grader tests"
+stage_begin "unit, property and grader tests (pytest tests/)" tests
 $PY -m pytest tests -q -p no:cacheprovider -n 2 --dist loadfile
-t1=$(date +%s)
+stage_end
 
-echo "=== 2/3 nbval over notebooks/"
+stage_begin "saved outputs of every chapter (nbval notebooks/)" nbval
 $PY -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
     -p no:cacheprovider -q -n 2 --dist loadfile notebooks/
-t2=$(date +%s)
+stage_end
 
-echo "=== 3/3 strict book build"
+stage_begin "strict book build (jupyter-book -W -n)" book
 rm -rf _build
-.venv/bin/jupyter-book build . -W -n --keep-going --quiet
-t3=$(date +%s)
-echo "timings: tests $((t1-t0)) s, nbval $((t2-t1)) s, book $((t3-t2)) s, total $((t3-t0)) s"
+.venv/bin/jupyter-book build . -W -n --keep-going --quiet >/tmp/qlearn-book-build.log 2>&1 \
+  || { cat /tmp/qlearn-book-build.log; echo "book build failed"; exit 1; }
+echo "book: $(find _build/html -name '*.html' | wc -l) HTML pages under _build/html"
+stage_end
+
+echo "timings: $TIMINGS, total $(( $(date +%s) - T0 )) s"

