@@ -12,9 +12,12 @@ plays); perplexity on the first ``--eval-tokens`` tokens of the held-out text in
 windows of ``--ctx`` tokens. Baselines on the same tokens: RTN on the same 3-bit grid, RTN on
 the asymmetric grid (8 levels), GPTQ (asymmetric, act-order off) and AWQ (its own min-max grid).
 
-    PYTHONPATH=. python benchmarks/qat_smollm2.py                 # the full run, ~30 min, 2 cores
+    PYTHONPATH=. python benchmarks/qat_smollm2.py                 # the full run (all 30 blocks)
     PYTHONPATH=. python benchmarks/qat_smollm2.py --layers 1 --samples 4 --seq 64 --epochs 1 \\
         --eval-tokens 512 --no-baselines                          # one block, a smoke run
+
+Cost: the target is 30 minutes on 2 cores; not yet measured end to end on a quiet machine (on
+a heavily shared one, block 0 of the default run took 210 s of wall time).
 
 Prints one line per block (output MSE before and after training, seconds) and a table of
 perplexities with wall and CPU seconds per method; ``--json PATH`` also writes them.
