@@ -225,6 +225,9 @@ def decode(codes: np.ndarray, fmt: str) -> np.ndarray:
         raise ValueError(f"decode(codes, {f.name!r}): expected a numpy {f.code_dtype} array, got a "
                          f"torch tensor (pass t.view(torch.uint{f.bits}).numpy())")
     codes = np.asarray(codes)
+    if codes.size == 0:
+        raise ValueError(f"decode(codes, {f.name!r}): expected at least one code, got an empty "
+                         f"array of shape {codes.shape}")
     if codes.dtype != f.code_dtype:
         raise ValueError(f"decode(codes, {f.name!r}): expected dtype {f.code_dtype} "
                          f"({f.bits}-bit codes), got {codes.dtype} (use encode() to make codes, "
@@ -307,8 +310,10 @@ def fields(value: float, fmt: str) -> Fields:
 
 def int_range(bits: int, signed: bool = True) -> tuple[int, int]:
     """(lowest, highest) integer a two's-complement (or unsigned) ``bits``-bit integer holds."""
-    if not isinstance(bits, (int, np.integer)) or bits < 1:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1:
         raise ValueError(f"bits must be a positive integer, got {bits!r}")
+    if not isinstance(signed, (bool, np.bool_)):
+        raise ValueError(f"signed must be True or False, got {signed!r}")
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
 
 
