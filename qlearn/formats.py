@@ -149,9 +149,6 @@ def _as_float32(x, where: str) -> np.ndarray:
     if arr.dtype != np.float32:
         raise ValueError(f"{where}: expected dtype float32, got {arr.dtype} "
                          f"(convert with np.asarray(x, dtype=np.float32))")
-    if arr.size == 0:
-        raise ValueError(f"{where}: expected at least one value, got an empty array of shape "
-                         f"{arr.shape}")
     return arr
 
 
@@ -225,9 +222,6 @@ def decode(codes: np.ndarray, fmt: str) -> np.ndarray:
         raise ValueError(f"decode(codes, {f.name!r}): expected a numpy {f.code_dtype} array, got a "
                          f"torch tensor (pass t.view(torch.uint{f.bits}).numpy())")
     codes = np.asarray(codes)
-    if codes.size == 0:
-        raise ValueError(f"decode(codes, {f.name!r}): expected at least one code, got an empty "
-                         f"array of shape {codes.shape}")
     if codes.dtype != f.code_dtype:
         raise ValueError(f"decode(codes, {f.name!r}): expected dtype {f.code_dtype} "
                          f"({f.bits}-bit codes), got {codes.dtype} (use encode() to make codes, "

@@ -369,12 +369,15 @@ MUTATIONS["pct"] = {"negative": lambda v, r: -1.0, "above": lambda v, r: 101.0,
 MUTATIONS["index"] = {"negative": lambda v, r: -1, "too_big": lambda v, r: 10 ** 6,
                       "fractional": lambda v, r: 0.5, "string": lambda v, r: "0",
                       "none": lambda v, r: None}
-MUTATIONS["codes_any"] = {k: f for k, f in MUTATIONS["codes"].items() if k != "truncated"}
+MUTATIONS["codes_any"] = {k: f for k, f in MUTATIONS["codes"].items()
+                          if k not in ("truncated", "empty")}
 MUTATIONS["count"] = {k: f for k, f in MUTATIONS["size"].items() if k != "non_divisor"}
 MUTATIONS["choice_opt"] = {k: f for k, f in MUTATIONS["choice"].items() if k != "none"}
 MUTATIONS["bits_opt"] = {k: f for k, f in MUTATIONS["bits"].items() if k != "none"}
 MUTATIONS["unit0"] = {k: f for k, f in MUTATIONS["unit"].items() if k != "zero"}
-MUTATIONS["farr_nf"] = {k: f for k, f in MUTATIONS["farr"].items() if k not in ("nan", "inf")}
+# number formats: NaN, Inf and empty arrays are valid inputs (encoded per the format's rules)
+MUTATIONS["farr_nf"] = {k: f for k, f in MUTATIONS["farr"].items()
+                        if k not in ("nan", "inf", "empty")}
 del MUTATIONS["pos_placeholder"]
 
 
