@@ -179,6 +179,10 @@ def candidate_scales(x_mean_abs: torch.Tensor, ratio: float, w_mean: torch.Tenso
     ``s = clamp(x^r, 1e-4)`` (llm-awq) or ``clamp(x^r / (w^(1-r) + 1e-4), 1e-4)`` (AutoAWQ
     duo_scaling), then normalised so that ``max s * min s = 1``.
     """
+    x_mean_abs = validate.float_tensor(x_mean_abs, "x_mean_abs", ndim=1)
+    ratio = validate.number(ratio, "ratio", lo=0.0, hi=1.0)
+    if w_mean is not None:
+        w_mean = validate.float_tensor(w_mean, "w_mean", ndim=1)
     if w_mean is None:
         s = x_mean_abs.pow(ratio).clamp(min=SCALE_FLOOR).view(-1)
     else:
@@ -210,6 +214,7 @@ def search_scale(W, X, bits: int = 4, group_size: int = 128, duo_scaling: bool =
     X = check_matrix(X, "X", "(tokens, in_features)")
     bits = check_bits(bits, "bits (formerly w_bit)")
     gs = check_group_size(X.shape[1], group_size)
+    duo_scaling = validate.flag(duo_scaling, "duo_scaling")
     if forward is None:
         def forward(weights):  # the inspected module is the linear itself
             return torch.nn.functional.linear(X, torch.cat(weights, dim=0))
@@ -285,7 +290,12 @@ def search_clip(W, X, bits: int = 4, group_size: int = 128, *,
 
 def apply_clip(W: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
     """Clamp each (row, group) of ``W (out, in)`` to ``[-max_val, max_val]``; returns a new tensor."""
+    W = check_matrix(W, "W", "(out_features, in_features)")
+    max_val = check_matrix(max_val, "max_val", "(out_features, n_groups)")
     out, n_in = W.shape
+    if max_val.shape[0] != out or n_in % max_val.shape[1] or (max_val < 0).any():
+        raise ValueError(f"max_val must be (out_features, n_groups) = ({out}, a divisor of "
+                         f"{n_in}) and >= 0, got {tuple(max_val.shape)}")
     mv = max_val.reshape(out, -1, 1)
     return torch.clamp(W.reshape(out, mv.shape[1], -1), -mv, mv).reshape(out, n_in)
 

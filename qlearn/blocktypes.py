@@ -37,12 +37,21 @@ IQ4_LEVELS.setflags(write=False)
 
 @dataclass(frozen=True)
 class Field:
-    """One field of a block: ``count`` values of ``bits`` bits each (``what`` they are)."""
+    """One field of a block: ``count`` values of ``bits`` bits each (``what`` they are).
+
+    ``name`` is ggml's field name (``qs``, ``d``...); ``label`` the short caption the memory
+    tables print (``"4-bit codes"``), defaulting to ``name``.
+    """
 
     name: str
     count: int
     bits: int
     what: str = ""
+    label: str = ""
+
+    def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
     @property
     def nbytes(self) -> int:
@@ -89,34 +98,42 @@ class BlockType:
         return out
 
 
-_D = Field("d", 1, FP16, "fp16 scale")
-_DMIN = Field("dmin", 1, FP16, "fp16 super-scale of the mins")
-_M = Field("m", 1, FP16, "fp16 min")
+_D = Field("d", 1, FP16, "fp16 scale", "fp16 d")
+_DMIN = Field("dmin", 1, FP16, "fp16 super-scale of the mins", "fp16 dmin")
+_M = Field("m", 1, FP16, "fp16 min", "fp16 m")
+_QH = Field("qh", QK, 1, "5th bit of each code", "high bits")
+_QHK = Field("qh", QK_K, 1, "5th bit of each code", "high bits")
+_SCALES_K = Field("scales", 16, 6, "8 x (6-bit scale, 6-bit min)", "6-bit scales+mins")
 
 GGUF_TYPES: dict[str, BlockType] = {t.name: t for t in [
-    BlockType("Q4_0", 2, QK, (_D, Field("qs", QK, 4, "4-bit codes, y = (q-8)*d")), "x = d*(q-8)"),
-    BlockType("Q4_1", 3, QK, (_D, _M, Field("qs", QK, 4, "4-bit codes, y = q*d + m")),
-              "x = d*q + m"),
-    BlockType("Q5_0", 6, QK, (_D, Field("qh", QK, 1, "5th bit of each code"),
-                              Field("qs", QK, 4, "low 4 bits, y = (q-16)*d")), "x = d*(q-16)"),
-    BlockType("Q5_1", 7, QK, (_D, _M, Field("qh", QK, 1, "5th bit of each code"),
-                              Field("qs", QK, 4, "low 4 bits, y = q*d + m")), "x = d*q + m"),
-    BlockType("Q8_0", 8, QK, (_D, Field("qs", QK, 8, "int8 codes, y = q*d")), "x = d*q"),
-    BlockType("Q2_K", 10, QK_K, (Field("scales", 32, 4, "16 x (4-bit scale, 4-bit min)"),
-                                 Field("qs", QK_K, 2, "2-bit codes"), _D, _DMIN),
+    BlockType("Q4_0", 2, QK, (_D, Field("qs", QK, 4, "4-bit codes, y = (q-8)*d", "4-bit codes")),
+              "x = d*(q-8)"),
+    BlockType("Q4_1", 3, QK, (_D, _M, Field("qs", QK, 4, "4-bit codes, y = q*d + m",
+                                            "4-bit codes")), "x = d*q + m"),
+    BlockType("Q5_0", 6, QK, (_D, _QH, Field("qs", QK, 4, "low 4 bits, y = (q-16)*d",
+                                             "low 4 bits")), "x = d*(q-16)"),
+    BlockType("Q5_1", 7, QK, (_D, _M, _QH, Field("qs", QK, 4, "low 4 bits, y = q*d + m",
+                                                 "low 4 bits")), "x = d*q + m"),
+    BlockType("Q8_0", 8, QK, (_D, Field("qs", QK, 8, "int8 codes, y = q*d", "int8 codes")),
+              "x = d*q"),
+    BlockType("Q2_K", 10, QK_K, (Field("scales", 32, 4, "16 x (4-bit scale, 4-bit min)",
+                                       "4-bit scales+mins"),
+                                 Field("qs", QK_K, 2, "2-bit codes", "2-bit codes"), _D, _DMIN),
               "16 sub-blocks of 16"),
-    BlockType("Q3_K", 11, QK_K, (Field("hmask", QK_K, 1, "3rd bit of each code"),
-                                 Field("qs", QK_K, 2, "low 2 bits"),
-                                 Field("scales", 16, 6, "16 x 6-bit signed scales"), _D),
+    BlockType("Q3_K", 11, QK_K, (Field("hmask", QK_K, 1, "3rd bit of each code", "high-bit mask"),
+                                 Field("qs", QK_K, 2, "low 2 bits", "low 2 bits"),
+                                 Field("scales", 16, 6, "16 x 6-bit signed scales",
+                                       "6-bit scales"), _D),
               "16 sub-blocks of 16"),
-    BlockType("Q4_K", 12, QK_K, (_D, _DMIN, Field("scales", 16, 6, "8 x (6-bit scale, 6-bit min)"),
-                                 Field("qs", QK_K, 4, "4-bit codes")), "8 sub-blocks of 32"),
-    BlockType("Q5_K", 13, QK_K, (_D, _DMIN, Field("scales", 16, 6, "8 x (6-bit scale, 6-bit min)"),
-                                 Field("qh", QK_K, 1, "5th bit of each code"),
-                                 Field("qs", QK_K, 4, "low 4 bits")), "8 sub-blocks of 32"),
-    BlockType("Q6_K", 14, QK_K, (Field("ql", QK_K, 4, "low 4 bits"),
-                                 Field("qh", QK_K, 2, "high 2 bits"),
-                                 Field("scales", 16, 8, "16 x int8 scales"), _D),
+    BlockType("Q4_K", 12, QK_K, (_D, _DMIN, _SCALES_K,
+                                 Field("qs", QK_K, 4, "4-bit codes", "4-bit codes")),
+              "8 sub-blocks of 32"),
+    BlockType("Q5_K", 13, QK_K, (_D, _DMIN, _SCALES_K, _QHK,
+                                 Field("qs", QK_K, 4, "low 4 bits", "low 4 bits")),
+              "8 sub-blocks of 32"),
+    BlockType("Q6_K", 14, QK_K, (Field("ql", QK_K, 4, "low 4 bits", "low 4 bits"),
+                                 Field("qh", QK_K, 2, "high 2 bits", "high 2 bits"),
+                                 Field("scales", 16, 8, "16 x int8 scales", "int8 scales"), _D),
               "16 sub-blocks of 16"),
     BlockType("IQ4_NL", 20, QK, (_D, Field("qs", QK, 4, "indices into the 16 IQ4 levels")),
               "x = d * IQ4_LEVELS[q]"),
@@ -169,13 +186,14 @@ def nf4_type(blocksize: int = 64, compress_statistics: bool = False,
     or (double quantization) one 8-bit absmax code per block and one fp32 scale per
     ``nested_blocksize`` blocks (the single fp32 offset per tensor is not counted)."""
     if not compress_statistics:
-        return BlockType("NF4", None, blocksize, (Field("codes", blocksize, 4, "4-bit codes"),
-                                                  Field("absmax", 1, 32, "fp32 absmax")),
+        return BlockType("NF4", None, blocksize,
+                         (Field("codes", blocksize, 4, "4-bit codes", "4-bit codes"),
+                          Field("absmax", 1, 32, "fp32 absmax", "fp32 absmax")),
                          f"bitsandbytes blocksize {blocksize}")
     n = blocksize * nested_blocksize
     return BlockType("NF4 + double quant", None, n,
-                     (Field("codes", n, 4, "4-bit codes"),
-                      Field("absmax codes", nested_blocksize, 8, "8-bit absmax"),
-                      Field("absmax scale", 1, 32, "fp32 absmax scale")),
+                     (Field("codes", n, 4, "4-bit codes", "4-bit codes"),
+                      Field("absmax codes", nested_blocksize, 8, "8-bit absmax", "8-bit absmax"),
+                      Field("absmax scale", 1, 32, "fp32 absmax scale", "fp32 absmax scale")),
                      f"absmax of {nested_blocksize} blocks quantized to 8 bits with one fp32 "
                      f"scale")

@@ -123,6 +123,7 @@ def sqnr_db(x, x_hat) -> float:
 # ---------------------------------------------------------------- observers
 def minmax(x, symmetric: bool = True) -> Range:
     """[min, max] of x, or [-max|x|, max|x|] when symmetric."""
+    symmetric = validate.flag(symmetric, "symmetric")
     x = _as_array(x)
     if symmetric:
         a = float(np.abs(x).max())
@@ -144,6 +145,7 @@ def laplace_clip_factor(bits: int) -> float:
 
 def meanabs(x, bits: int = 8, symmetric: bool = True) -> Range:
     """Symmetric clip ``laplace_clip_factor(bits) * mean|x - centre|`` (centre 0, or the mean if asymmetric)."""
+    symmetric = validate.flag(symmetric, "symmetric")
     x = _as_array(x)
     c = 0.0 if symmetric else float(x.mean())
     a = laplace_clip_factor(bits) * float(np.abs(x - c).mean())
@@ -159,8 +161,8 @@ def percentile(x, p: float = DEFAULT_PERCENTILE, symmetric: bool = True) -> Rang
     symmetric: a = p-th percentile of |x| (rounded up to a data value), range [-a, a]; otherwise
     the (100-p)/2 % tail is cut on each side.
     """
-    if not (0 < p <= 100):
-        raise ValueError(f"percentile p must be in (0, 100], got {p}")
+    p = validate.number(p, "percentile p", lo=0.0, hi=100.0, lo_open=True)
+    symmetric = validate.flag(symmetric, "symmetric")
     x = _as_array(x)
     if symmetric:
         a = float(np.percentile(np.abs(x), p, method="higher"))
@@ -204,6 +206,7 @@ def kl_entropy(x, bits: int = 8, bins: int = KL_BINS) -> Range:
     bin i, Q = P merged into 2^(bits-1) levels and spread back; pick the i minimising KL(P || Q)."""
     x = _as_array(x)
     bits = _check_bits(bits)
+    bins = validate.integer(bins, "bins", lo=1)
     n_levels = 2 ** (bits - 1)
     a = np.abs(x).ravel()
     top = float(a.max())

@@ -112,7 +112,7 @@ def _check_fits(name: str, data: np.ndarray, qtype: str, target: np.dtype) -> No
                              f"({info.min}..{info.max}); pick a wider integer type")
     elif data.dtype.kind == "f" or data.dtype.kind in "iu":
         big = float(np.abs(data.astype(np.float64)).max())
-        if big > np.finfo(target).max:
+        if big > float(np.finfo(target).max):
             raise ValueError(f"tensor {name!r}: |value| {big:g} overflows {qtype} (max "
                              f"{float(np.finfo(target).max):g}); use F32")
 

@@ -200,6 +200,23 @@ class GPTQResult:
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                g_idx: torch.Tensor) -> torch.Tensor:
     """``Q = scales[:, g_idx] * (codes - zeros[:, g_idx])``: (out, in) float32."""
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8 or codes.dim() != 2 \
+            or codes.numel() == 0:
+        raise validate.ArgumentTypeError(f"codes must be a non-empty (out, in) uint8 tensor, got "
+                                         f"{getattr(codes, 'dtype', type(codes).__name__)} "
+                                         f"{tuple(getattr(codes, 'shape', ()))}")
+    scales = validate.float_tensor(scales, "scales", ndim=2, dtypes="float32")
+    zeros = validate.float_tensor(zeros, "zeros", ndim=2, dtypes="float32")
+    if not isinstance(g_idx, torch.Tensor) or g_idx.dtype not in (torch.int32, torch.int64) \
+            or g_idx.shape != (codes.shape[1],):
+        raise validate.ArgumentTypeError(f"g_idx must be an int32 tensor of shape "
+                                         f"({codes.shape[1]},), got "
+                                         f"{getattr(g_idx, 'dtype', type(g_idx).__name__)}")
+    if scales.shape[0] != codes.shape[0] or zeros.shape != scales.shape \
+            or int(g_idx.min()) < 0 or int(g_idx.max()) >= scales.shape[1]:
+        raise ValueError(f"scales and zeros must be (out, n_groups) = ({codes.shape[0]}, n) with "
+                         f"g_idx in [0, n), got {tuple(scales.shape)}, {tuple(zeros.shape)} and "
+                         f"g_idx {int(g_idx.min())}..{int(g_idx.max())}")
     g = g_idx.long()
     out, cols = codes.shape
     n_groups = scales.shape[1]
@@ -254,15 +271,21 @@ def relative_output_error(X, W, Q, *, gram=None) -> float:
     Pass ``gram = X^T X`` ((in, in) float64) instead of X to reuse it across many Q (same value,
     computed as ``sum(D * (D @ gram))`` with ``D = W - Q``).
     """
-    def f64(a):
-        return np.asarray(a.detach().numpy() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
+    def f64(a, name):
+        return validate.float_array(a, name, ndim=2, dtype=np.float64)
 
-    W, Q = f64(W), f64(Q)
+    W, Q = f64(W, "W"), f64(Q, "Q")
+    if Q.shape != W.shape:
+        raise ValueError(f"Q must have W's shape {W.shape}, got {Q.shape}")
     D = W - Q
     if gram is not None:
-        G = f64(gram)
+        G = f64(gram, "gram")
+        if G.shape != (W.shape[1],) * 2:
+            raise ValueError(f"gram must be ({W.shape[1]}, {W.shape[1]}), got {G.shape}")
         return float(np.sum(D * (D @ G)) / np.sum(W * (W @ G)))
-    X = f64(X)
+    X = f64(X, "X")
+    if X.shape[1] != W.shape[1]:
+        raise ValueError(f"X must have in_features = {W.shape[1]} columns, got {X.shape}")
     Y = X @ W.T
     return float(np.sum((X @ D.T) ** 2) / np.sum(Y ** 2))
 
@@ -471,6 +494,11 @@ def synthetic_layer(seed: int = 1, out_features: int = 512, in_features: int = 1
     "medium" oracle layer; ``seed=0, out=64, in=128, n_tokens=512, n_outliers=0`` gives "small".
     Returns ``W (out, in) float32, X (n_tokens, in) float32, outliers (n_outliers,) int64``.
     """
+    for name, v in (("out_features", out_features), ("in_features", in_features),
+                    ("n_tokens", n_tokens)):
+        validate.integer(v, name, lo=1)
+    validate.integer(n_outliers, "n_outliers", lo=0, hi=in_features)
+    outlier_factor = validate.number(outlier_factor, "outlier_factor", lo=0.0, lo_open=True)
     rng = np.random.default_rng(seed)
     W = rng.standard_normal((out_features, in_features)).astype(np.float32) / np.float32(np.sqrt(in_features))
     X = rng.standard_normal((n_tokens, in_features)).astype(np.float32)

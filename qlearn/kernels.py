@@ -434,7 +434,7 @@ def _check_x(x, cols: int, what: str = "x") -> np.ndarray:
             f"{what} must have shape ({cols},) to match the matrix's {cols} columns, got {x.shape}"
         )
     if not np.isfinite(x).all():
-        raise ValueError(f"{what} must be finite, got {int((~np.isfinite(x)).sum())} NaN/Inf entries; clean the input first")
+        raise ValueError(f"{what} must be finite, got {int((~np.isfinite(x)).sum())} NaN or Inf entries; clean the input first")
     return np.ascontiguousarray(x)
 
 
@@ -450,7 +450,7 @@ def _check_activations(x, block: int, qtype: str) -> np.ndarray:
                          f"multiple of {block}, got shape {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError(f"{qtype}: x must be finite, got {int((~np.isfinite(x)).sum())} "
-                         f"NaN/Inf entries; clean the input first")
+                         f"NaN or Inf entries; clean the input first")
     return np.ascontiguousarray(x)
 
 

@@ -1007,7 +1007,9 @@ def describe_block(q: np.ndarray, qtype, row: int = 0, block: int = 0) -> dict:
     t = _qtype(qtype)
     q = _check_q(q, t)
     nblocks = q.shape[1] // t.type_size
-    if not (0 <= row < q.shape[0] and 0 <= block < nblocks):
+    if isinstance(row, bool) or isinstance(block, bool) \
+            or not isinstance(row, (int, np.integer)) or not isinstance(block, (int, np.integer)) \
+            or not (0 <= row < q.shape[0] and 0 <= block < nblocks):
         raise ValueError(f"row/block must be in [0, {q.shape[0]}) x [0, {nblocks}), got ({row}, {block})")
     b = q[row, block * t.type_size:(block + 1) * t.type_size][None, :]
     f = _fields(b, t)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from qlearn import blocktypes
 
 __all__ = ["Field", "Layout", "FORMATS", "bits_per_weight", "ModelConfig", "MODELS",
@@ -77,6 +79,12 @@ def _plain(name: str, bits: int) -> Layout:
     return Layout(name, 1, (Field("value", 1, bits),), f"one {bits}-bit number per weight")
 
 
+def _from_table(t: blocktypes.BlockType) -> Layout:
+    """A :mod:`qlearn.blocktypes` entry as a Layout, its fields under their printed labels."""
+    return Layout(t.name, t.block_size, tuple(Field(f.label, f.count, f.bits) for f in t.fields),
+                  t.note)
+
+
 def _int_per_group(bits: int, group: int, zero_bits: int | None) -> Layout:
     fields = [Field("codes", group, bits), Field("fp16 scale", 1, FP16)]
     if zero_bits:
@@ -97,10 +105,9 @@ _LAYOUTS = [
     _int_per_group(4, 128, FP16), _int_per_group(4, 32, None), _int_per_group(3, 128, 3),
     _int_per_group(2, 64, 2),
     # GGUF blocks (legacy, k-quants, IQ4) and bitsandbytes 4-bit: from qlearn.blocktypes
-    *(Layout(t.name, t.block_size, t.fields, t.note) for t in blocktypes.GGUF_TYPES.values()),
-    *(Layout(t.name, t.block_size, t.fields, t.note)
-      for t in (blocktypes.nf4_type(NF4_BLOCK), blocktypes.nf4_type(NF4_BLOCK, True,
-                                                                     NF4_DQ_BLOCK))),
+    *(_from_table(t) for t in blocktypes.GGUF_TYPES.values()),
+    _from_table(blocktypes.nf4_type(NF4_BLOCK)),
+    _from_table(blocktypes.nf4_type(NF4_BLOCK, True, NF4_DQ_BLOCK)),
 ]
 
 FORMATS: dict[str, Layout] = {lay.name: lay for lay in _LAYOUTS}
@@ -122,8 +129,9 @@ def bits_per_weight(fmt: str | Layout) -> float:
 
 def weight_memory_bytes(n_params: float, fmt: str | Layout) -> float:
     """Bytes to store ``n_params`` weights in ``fmt`` (every weight in that format)."""
-    if not n_params >= 0:
-        raise ValueError(f"n_params must be a non-negative count, got {n_params}")
+    if isinstance(n_params, bool) or not isinstance(n_params, (int, float, np.integer, np.floating)) \
+            or not 0 < n_params < math.inf:
+        raise ValueError(f"n_params must be a positive finite count, got {n_params!r}")
     return n_params * bits_per_weight(fmt) / BITS_PER_BYTE
 
 
@@ -231,7 +239,14 @@ def fits_on_gpu(model: str | ModelConfig, fmt: str | Layout, gpu_memory_gib: flo
     ``reserve_gib`` (activations, CUDA context) fit in ``gpu_memory_gib``?"""
     m = _model(model)
     need = weight_memory_bytes(m.n_params, fmt) + m.kv_cache_bytes(context, batch, kv_bytes_per_element)
+    _check_gib(gpu_memory_gib, "gpu_memory_gib")
     return need + reserve_gib * BYTES_PER_GIB <= gpu_memory_gib * BYTES_PER_GIB
+
+
+def _check_gib(v, name: str) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+            or not 0 < v < math.inf:
+        raise ValueError(f"{name} must be a positive finite number of GiB, got {v!r}")
 
 
 def max_context_that_fits(model: str | ModelConfig, fmt: str | Layout, gpu_memory_gib: float,

@@ -316,6 +316,17 @@ class QTensor:
         return dequantize(self)
 
 
+def _range_array(v: Any, name: str, dt: np.dtype) -> np.ndarray:
+    if _is_torch(v):
+        v = v.detach().to("cpu").numpy()
+    if isinstance(v, (float, np.floating)):
+        v = np.asarray(v)
+    if not isinstance(v, np.ndarray) or v.dtype.kind != "f":
+        raise ArgumentTypeError(f"{name} must be a float array of block minima/maxima, got "
+                                f"{getattr(v, 'dtype', type(v).__name__)}")
+    return v.astype(dt, copy=False)
+
+
 def qparams_from_range(lo: Any, hi: Any, bits: int, mapping: str = "symmetric",
                        clip: float = 1.0, *, range_floor: float | None = None,
                        dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
@@ -340,11 +351,11 @@ def qparams_from_range(lo: Any, hi: Any, bits: int, mapping: str = "symmetric",
     clip = _check_clip(clip)
     dt = _check_dtype(dtype)
     floor = m.range_floor if range_floor is None else _check_floor(range_floor)
-    lo, hi = np.asarray(lo, dt), np.asarray(hi, dt)
+    lo, hi = _range_array(lo, "lo", dt), _range_array(hi, "hi", dt)
     if lo.shape != hi.shape:
         raise ValueError(f"lo and hi must have the same shape, got {lo.shape} and {hi.shape}")
     if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
-        raise ValueError("lo and hi must be finite (a block min/max of NaN or Inf)")
+        raise ValueError("lo and hi must be finite, got a block min/max of NaN or Inf")
     if (lo > hi).any():
         raise ValueError("lo must be <= hi in every block, got a block with lo > hi")
     qmin, qmax = m.code_range(bits)
@@ -579,6 +590,14 @@ def dequantize(q: QTensor) -> np.ndarray:
     """Codes back to real values: ``(codes - zero_point) * scale``, shape ``q.shape`` float32."""
     if not isinstance(q, QTensor):
         raise ValueError(f"dequantize expects a QTensor (from quantize), got {type(q).__name__}")
+    codes = np.asarray(q.codes)
+    bs = _check_block_size(codes.shape, q.block_size)
+    n_blocks = tuple(n // b for n, b in zip(codes.shape, bs))
+    if tuple(q.shape) != codes.shape or np.shape(q.scale) != n_blocks \
+            or np.shape(q.zero_point) != n_blocks:
+        raise ValueError(f"inconsistent QTensor: codes {codes.shape} in blocks {bs} need scale "
+                         f"and zero_point of shape {n_blocks}, got {np.shape(q.scale)} and "
+                         f"{np.shape(q.zero_point)} (shape field {q.shape})")
     return _dequantize_blocks(np.asarray(q.codes), np.asarray(q.scale, np.float32),
                               np.asarray(q.zero_point), q.block_size, np.dtype(np.float32))
 
@@ -652,8 +671,9 @@ def _pdf(dist: str, df: float):
 def _check_dist(dist: str, df: float) -> None:
     if dist not in DISTRIBUTIONS:
         raise ValueError(f"dist must be one of {DISTRIBUTIONS}, got {dist!r}")
-    if dist == "student_t" and not df > 2:
-        raise ValueError(f"student_t needs df > 2 for a finite variance, got df={df}")
+    if dist == "student_t" and not (isinstance(df, (int, float, np.integer, np.floating))
+                                    and not isinstance(df, bool) and 2 < df < math.inf):
+        raise ValueError(f"student_t needs a finite df > 2 for a finite variance, got df={df!r}")
 
 
 def _levels(bits: int, symmetric: bool, clip: float) -> np.ndarray:
@@ -779,8 +799,8 @@ def optimal_clip(bits: int, dist: str, symmetric: bool = True,
 def sample_distribution(dist: str, n: int, seed: int = 0, df: float = DEFAULT_T_DF) -> np.ndarray:
     """``n`` float32 samples of a unit-variance ``dist`` (seeded; the inputs the theory assumes)."""
     _check_dist(dist, df)
-    if int(n) < 1:
-        raise ValueError(f"n must be a positive count, got {n}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer count, got {n!r}")
     rng = np.random.default_rng(seed)
     if dist == "uniform":
         x = rng.uniform(-math.sqrt(3), math.sqrt(3), n)

@@ -168,8 +168,9 @@ def float_array(x: Any, name: str, ndim: int | tuple[int, ...] | None = None,
         arr = np.asarray(x)
     except (ValueError, TypeError) as e:
         raise ArgumentTypeError(f"{name} must be an array of numbers, got {_kind(x)} ({e})") from None
-    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
-        raise ArgumentTypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    if arr.dtype.kind != "f":
+        raise ArgumentTypeError(f"{name} must be a real floating-point array, got dtype "
+                                f"{arr.dtype}")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if arr.ndim not in allowed:
