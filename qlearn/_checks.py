@@ -9,18 +9,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from qlearn import validate
+
 __all__ = ["as_float_tensor", "check_matrix", "check_pair", "check_group_size", "check_bits"]
 
 
 def as_float_tensor(x, name: str) -> torch.Tensor:
     """Return ``x`` as a float32 torch tensor (numpy float32 arrays are accepted and wrapped)."""
     if isinstance(x, np.ndarray):
+        if x.dtype != np.float32:
+            raise validate.ArgumentTypeError(f"{name} must be float32, got a numpy array of "
+                                             f"dtype {x.dtype}")
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a float32 torch tensor, got {type(x).__name__} "
+        raise validate.ArgumentTypeError(f"{name} must be a float32 torch tensor, got {type(x).__name__} "
                          f"(wrap it with torch.as_tensor(..., dtype=torch.float32))")
     if x.dtype != torch.float32:
-        raise ValueError(f"{name} must be float32, got {x.dtype} (convert with {name}.float())")
+        raise validate.ArgumentTypeError(f"{name} must be float32, got {x.dtype} (convert with {name}.float())")
     return x
 
 
@@ -62,7 +67,6 @@ def check_group_size(in_features: int, group_size: int) -> int:
     return int(group_size)
 
 
-def check_bits(bits: int, name: str = "w_bit", lo: int = 1, hi: int = 8) -> int:
-    if not isinstance(bits, (int, np.integer)) or not lo <= bits <= hi:
-        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {bits!r}")
-    return int(bits)
+def check_bits(bits: int, name: str = "bits", lo: int = 2, hi: int = 8) -> int:
+    """An int bit width in ``[lo, hi]`` (see :func:`qlearn.validate.bits`)."""
+    return validate.bits(bits, name, lo, hi)

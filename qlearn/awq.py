@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from qlearn import uniform, validate
 from qlearn._checks import check_bits, check_group_size, check_matrix, check_pair  # noqa: F401 (re-exported)
 
 __all__ = ["outlier_layer", "pseudo_quantize", "search_scale", "search_clip", "awq_quantize", "apply_clip",
@@ -38,7 +39,8 @@ N_GRID = 20              # ratios k/N_GRID, k = 0..19: a 20-point grid on [0, 1)
 SCALE_FLOOR = 1e-4       # s is clamped at 1e-4 so no channel's weights are divided by ~0
 DUO_EPS = 1e-4           # AutoAWQ duo scaling: added to w_mean^(1-r) to avoid dividing by 0
 W_MEAN_EPS = 1e-6        # AutoAWQ duo scaling: added to each group's absmax when normalising |W|
-QSCALE_FLOOR = 1e-5      # quantizer step floor: a constant group gets step 1e-5/(2^b - 1), not 0
+QSCALE_FLOOR = uniform.AWQ_SCALE_FLOOR  # step floor: a constant group gets 1e-5/(2^b - 1), not 0
+MAPPING = "asymmetric_minmax"  # AWQ's grid in qlearn.uniform.MAPPINGS
 CLIP_N_GRID = 20         # clip candidates m = absmax * (1 - i/20) ...
 CLIP_MAX_SHRINK = 0.5    # ... for i < 0.5 * 20: shrink factors 1.0, 0.95, ..., 0.55
 CLIP_SHRINKS = tuple(1 - i / CLIP_N_GRID for i in range(int(CLIP_MAX_SHRINK * CLIP_N_GRID)))
@@ -67,31 +69,35 @@ def outlier_layer(out_features: int = 512, in_features: int = 1024, n_tokens: in
 
 # --- the quantizer ----------------------------------------------------------------------------
 
-def _quantize_rows(w: torch.Tensor, w_bit: int):
-    """Asymmetric min/max quantization of each row of ``w: (rows, g)``.
+def _quantize_rows(w: torch.Tensor, bits: int):
+    """Asymmetric min/max quantization of each row of ``w: (rows, g)`` (AWQ's grid).
 
-    Returns ``(deq, codes, scales, zeros)`` with ``scales, zeros: (rows, 1)``. The range is
-    ``[min, max]`` of the row itself, NOT widened to contain 0 (GPTQ's quantizer widens it).
+    A short wrapper of :mod:`qlearn.uniform` with the mapping ``"asymmetric_minmax"``: the
+    range is ``[min, max]`` of the row itself, NOT widened to contain 0 (GPTQ's quantizer
+    widens it), ``scale = clamp(max - min, 1e-5) / (2^b - 1)``.
     Upstream quirk kept: the zero point is clamped to ``[0, 2^b - 1]``, so a row entirely above 0
     gets zero 0 and the grid ``[0, max - min]`` (a constant row collapses to ``1e-5``). Rows of
     real weight groups straddle 0, where this never triggers.
+
+    Returns ``(deq, codes, scales, zeros)``: ``deq (rows, g)`` float32, ``codes (rows, g)``
+    float32 integers, ``scales, zeros: (rows, 1)`` float32.
     """
-    max_int = 2 ** w_bit - 1
-    max_val = w.amax(dim=1, keepdim=True)
-    min_val = w.amin(dim=1, keepdim=True)
-    scales = (max_val - min_val).clamp(min=QSCALE_FLOOR) / max_int
-    zeros = (-torch.round(min_val / scales)).clamp_(0, max_int)
-    codes = torch.clamp(torch.round(w / scales) + zeros, 0, max_int)
-    deq = (codes - zeros) * scales
-    return deq, codes, scales, zeros
+    x = w.detach().numpy()
+    bs = (1, x.shape[1])
+    scale, zero = uniform.choose_qparams(x, bits, bs, MAPPING, range_floor=QSCALE_FLOOR)
+    q = uniform.quantize_affine(x, scale, zero, bits, block_size=bs, mapping=MAPPING)
+    deq = uniform.dequantize(q)
+    return (torch.from_numpy(deq), torch.from_numpy(q.codes.astype(np.float32)),
+            torch.from_numpy(scale), torch.from_numpy(zero.astype(np.float32)))
 
 
-def pseudo_quantize(W, w_bit: int = 4, group_size: int = 128):
+@validate.renamed(w_bit="bits")
+def pseudo_quantize(W, bits: int = 4, group_size: int = 128):
     """AWQ's grouped asymmetric quantizer (llm-awq ``pseudo_quantize_tensor``, zero_point=True).
 
     Args:
         W: (out_features, in_features) float32.
-        w_bit: bits per weight (1..8).
+        bits: bits per weight (2..8); ``w_bit=`` is a deprecated alias.
         group_size: consecutive input columns sharing one scale/zero; must divide in_features
             (-1: one group per row).
 
@@ -101,14 +107,14 @@ def pseudo_quantize(W, w_bit: int = 4, group_size: int = 128):
         ``Q = (codes - zeros) * scales`` per group. Rounding is half-to-even (torch.round).
     """
     W = check_matrix(W, "W", "(out_features, in_features)")
-    w_bit = check_bits(w_bit)
+    bits = check_bits(bits, "bits (formerly w_bit)")
     gs = check_group_size(W.shape[1], group_size)
-    return _pseudo_quantize(W, w_bit, gs)
+    return _pseudo_quantize(W, bits, gs)
 
 
-def _pseudo_quantize(W: torch.Tensor, w_bit: int, gs: int):
+def _pseudo_quantize(W: torch.Tensor, bits: int, gs: int):
     out, n_in = W.shape
-    deq, codes, scales, zeros = _quantize_rows(W.reshape(-1, gs), w_bit)
+    deq, codes, scales, zeros = _quantize_rows(W.reshape(-1, gs), bits)
     return (deq.reshape(out, n_in), codes.to(torch.uint8).reshape(out, n_in),
             scales.reshape(out, -1), zeros.reshape(out, -1))
 
@@ -119,9 +125,15 @@ def output_error(X, W, W_hat, X_hat=None) -> float:
     ``X: (tokens, in)``, ``W, W_hat: (out, in)``; ``X_hat`` defaults to ``X`` (pass ``X / s`` with
     a scaled ``W_hat`` to measure AWQ in its scaled space).
     """
+    W, X = check_pair(W, X)
+    W_hat = check_matrix(W_hat, "W_hat", "(out_features, in_features)")
+    X_hat = X if X_hat is None else check_matrix(X_hat, "X_hat", "(tokens, in_features)")
+    if W_hat.shape != W.shape or X_hat.shape != X.shape:
+        raise ValueError(f"W_hat and X_hat must have the shapes of W {tuple(W.shape)} and X "
+                         f"{tuple(X.shape)}, got {tuple(W_hat.shape)} and {tuple(X_hat.shape)}")
     X64, W64 = X.double(), W.double()
     ref = X64 @ W64.T
-    approx = (X if X_hat is None else X_hat).double() @ W_hat.double().T
+    approx = X_hat.double() @ W_hat.double().T
     return float(((ref - approx) ** 2).sum() / (ref ** 2).sum())
 
 
@@ -167,6 +179,10 @@ def candidate_scales(x_mean_abs: torch.Tensor, ratio: float, w_mean: torch.Tenso
     ``s = clamp(x^r, 1e-4)`` (llm-awq) or ``clamp(x^r / (w^(1-r) + 1e-4), 1e-4)`` (AutoAWQ
     duo_scaling), then normalised so that ``max s * min s = 1``.
     """
+    x_mean_abs = validate.float_tensor(x_mean_abs, "x_mean_abs", ndim=1)
+    ratio = validate.number(ratio, "ratio", lo=0.0, hi=1.0)
+    if w_mean is not None:
+        w_mean = validate.float_tensor(w_mean, "w_mean", ndim=1)
     if w_mean is None:
         s = x_mean_abs.pow(ratio).clamp(min=SCALE_FLOOR).view(-1)
     else:
@@ -174,7 +190,8 @@ def candidate_scales(x_mean_abs: torch.Tensor, ratio: float, w_mean: torch.Tenso
     return s / (s.max() * s.min()).sqrt()
 
 
-def search_scale(W, X, w_bit: int = 4, group_size: int = 128, duo_scaling: bool = False, *,
+@validate.renamed(w_bit="bits")
+def search_scale(W, X, bits: int = 4, group_size: int = 128, duo_scaling: bool = False, *,
                  forward: Callable[[list[torch.Tensor]], torch.Tensor] | None = None,
                  progress: bool = False) -> AWQScale:
     """Grid-search AWQ's per-input-channel scales s for one linear (or several sharing X).
@@ -183,7 +200,7 @@ def search_scale(W, X, w_bit: int = 4, group_size: int = 128, duo_scaling: bool 
         W: (out_features, in_features) float32, or a list of such weights that all read ``X``
             (q/k/v, gate/up); their statistics are pooled as upstream does.
         X: (tokens, in_features) float32 calibration inputs.
-        w_bit, group_size: the quantizer of :func:`pseudo_quantize`.
+        bits, group_size: the quantizer of :func:`pseudo_quantize`.
         duo_scaling: False = llm-awq (s from activations only); True = AutoAWQ's default
             (s = x_mean^r / w_mean^(1-r)).
         forward: optional ``forward(weights) -> output`` of the module AWQ inspects (a whole
@@ -195,8 +212,9 @@ def search_scale(W, X, w_bit: int = 4, group_size: int = 128, duo_scaling: bool 
     """
     Ws = [check_pair(w, X)[0] for w in _as_weight_list(W)]
     X = check_matrix(X, "X", "(tokens, in_features)")
-    w_bit = check_bits(w_bit)
+    bits = check_bits(bits, "bits (formerly w_bit)")
     gs = check_group_size(X.shape[1], group_size)
+    duo_scaling = validate.flag(duo_scaling, "duo_scaling")
     if forward is None:
         def forward(weights):  # the inspected module is the linear itself
             return torch.nn.functional.linear(X, torch.cat(weights, dim=0))
@@ -213,7 +231,7 @@ def search_scale(W, X, w_bit: int = 4, group_size: int = 128, duo_scaling: bool 
             ratio = k / N_GRID
             s = candidate_scales(x_mean, ratio, w_mean)
             s_row = s.view(1, -1)
-            cand = [_pseudo_quantize(w * s_row, w_bit, gs)[0] / s_row for w in Ws]
+            cand = [_pseudo_quantize(w * s_row, bits, gs)[0] / s_row for w in Ws]
             loss = (org_out - forward(cand)).float().pow(2).mean().item()
             history.append(loss)
             if loss < best:  # strict: the first minimum wins
@@ -223,7 +241,8 @@ def search_scale(W, X, w_bit: int = 4, group_size: int = 128, duo_scaling: bool 
 
 # --- clip search ------------------------------------------------------------------------------
 
-def search_clip(W, X, w_bit: int = 4, group_size: int = 128, *,
+@validate.renamed(w_bit="bits")
+def search_clip(W, X, bits: int = 4, group_size: int = 128, *,
                 n_sample_token: int = N_SAMPLE_TOKEN, progress: bool = False) -> torch.Tensor:
     """Per (row, group) clipping threshold minimising the group's partial-output error.
 
@@ -240,7 +259,7 @@ def search_clip(W, X, w_bit: int = 4, group_size: int = 128, *,
         max_val: (out_features, n_groups) float32, the chosen m per (row, group).
     """
     W, X = check_pair(W, X)
-    w_bit = check_bits(w_bit)
+    bits = check_bits(bits, "bits (formerly w_bit)")
     gs = check_group_size(W.shape[1], group_size)
     if X.shape[0] < n_sample_token:
         raise ValueError(f"the clip search needs at least n_sample_token = {n_sample_token} "
@@ -260,7 +279,7 @@ def search_clip(W, X, w_bit: int = 4, group_size: int = 128, *,
                         leave=False):
             max_val = org_max * (1 - i_s / CLIP_N_GRID)
             cur = torch.clamp(w, -max_val, max_val)
-            q = _quantize_rows(cur.reshape(-1, gs), w_bit)[0].reshape(out, n_groups, gs)
+            q = _quantize_rows(cur.reshape(-1, gs), bits)[0].reshape(out, n_groups, gs)
             cur_out = torch.bmm(xg, q.permute(1, 2, 0))                    # (G, t, out)
             err = (cur_out - org_out).pow(2).mean(dim=1).T.unsqueeze(-1)   # (out, G, 1)
             better = err < min_err
@@ -271,7 +290,12 @@ def search_clip(W, X, w_bit: int = 4, group_size: int = 128, *,
 
 def apply_clip(W: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
     """Clamp each (row, group) of ``W (out, in)`` to ``[-max_val, max_val]``; returns a new tensor."""
+    W = check_matrix(W, "W", "(out_features, in_features)")
+    max_val = check_matrix(max_val, "max_val", "(out_features, n_groups)")
     out, n_in = W.shape
+    if max_val.shape[0] != out or n_in % max_val.shape[1] or (max_val < 0).any():
+        raise ValueError(f"max_val must be (out_features, n_groups) = ({out}, a divisor of "
+                         f"{n_in}) and >= 0, got {tuple(max_val.shape)}")
     mv = max_val.reshape(out, -1, 1)
     return torch.clamp(W.reshape(out, mv.shape[1], -1), -mv, mv).reshape(out, n_in)
 
@@ -306,7 +330,8 @@ class AWQResult:
     errors: dict
 
 
-def awq_quantize(W, X, w_bit: int = 4, group_size: int = 128, duo_scaling: bool = False, *,
+@validate.renamed(w_bit="bits")
+def awq_quantize(W, X, bits: int = 4, group_size: int = 128, duo_scaling: bool = False, *,
                  search: AWQScale | None = None, progress: bool = False) -> AWQResult:
     """Full AWQ on one linear: scale search, scaling, clip search, final quantization.
 
@@ -321,25 +346,25 @@ def awq_quantize(W, X, w_bit: int = 4, group_size: int = 128, duo_scaling: bool 
         :class:`AWQResult`.
     """
     W, X = check_pair(W, X)
-    w_bit = check_bits(w_bit)
+    bits = check_bits(bits, "bits (formerly w_bit)")
     gs = check_group_size(W.shape[1], group_size)
     if X.shape[0] < N_SAMPLE_TOKEN:
         raise ValueError(f"awq_quantize needs at least {N_SAMPLE_TOKEN} calibration tokens for "
                          f"its clip search, got X with {X.shape[0]} rows (collect more)")
     with torch.no_grad():
-        Q_rtn = _pseudo_quantize(W, w_bit, gs)[0]
-        sc = search if search is not None else search_scale(W, X, w_bit, gs, duo_scaling,
+        Q_rtn = _pseudo_quantize(W, bits, gs)[0]
+        sc = search if search is not None else search_scale(W, X, bits, gs, duo_scaling,
                                                             progress=progress)
         if sc.scales.shape != (W.shape[1],):
             raise ValueError(f"search.scales must have shape ({W.shape[1]},), got "
                              f"{tuple(sc.scales.shape)} (pass the search of this layer)")
         s_row = sc.scales.view(1, -1)
         Ws, Xs = W * s_row, X / s_row
-        Q_scale = _pseudo_quantize(Ws, w_bit, gs)[0]
-        clip_only = search_clip(W, X, w_bit, gs, progress=progress)
-        Q_clip = _pseudo_quantize(apply_clip(W, clip_only), w_bit, gs)[0]
-        clip = search_clip(Ws, Xs, w_bit, gs, progress=progress)
-        Q, codes, qscales, qzeros = _pseudo_quantize(apply_clip(Ws, clip), w_bit, gs)
+        Q_scale = _pseudo_quantize(Ws, bits, gs)[0]
+        clip_only = search_clip(W, X, bits, gs, progress=progress)
+        Q_clip = _pseudo_quantize(apply_clip(W, clip_only), bits, gs)[0]
+        clip = search_clip(Ws, Xs, bits, gs, progress=progress)
+        Q, codes, qscales, qzeros = _pseudo_quantize(apply_clip(Ws, clip), bits, gs)
         errors = {"rtn": output_error(X, W, Q_rtn),
                   "scale_only": output_error(X, W, Q_scale, Xs),
                   "clip_only": output_error(X, W, Q_clip),
@@ -385,7 +410,8 @@ def _fold_scales(prev: torch.nn.Module, linears, s: torch.Tensor) -> None:
 NO_CLIP = ("q_proj", "k_proj")  # upstream skips the clip search where attention logits are sensitive
 
 
-def awq_model(model: torch.nn.Module, tokens: torch.Tensor, w_bit: int = 4, group_size: int = 128,
+@validate.renamed(w_bit="bits")
+def awq_model(model: torch.nn.Module, tokens: torch.Tensor, bits: int = 4, group_size: int = 128,
               duo_scaling: bool = False, clip: bool = True, progress: bool = True):
     """AWQ for a whole decoder (llm-awq's ``run_awq`` + ``pseudo_quantize_model_weight``).
 
@@ -418,7 +444,7 @@ def awq_model(model: torch.nn.Module, tokens: torch.Tensor, w_bit: int = 4, grou
     with torch.no_grad():
         h = q.embed_tokens(tokens.long())
         layers = adapters.decoder_layers(q)
-        for i, layer in enumerate(tqdm(layers, desc=f"AWQ w{w_bit}g{group_size}", disable=not progress)):
+        for i, layer in enumerate(tqdm(layers, desc=f"AWQ w{bits}g{group_size}", disable=not progress)):
             named = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
             h_next, inputs = _capture_layer_inputs(layer, h, named)
             by_module = {id(m): n for n, m in named.items()}
@@ -437,7 +463,7 @@ def awq_model(model: torch.nn.Module, tokens: torch.Tensor, w_bit: int = 4, grou
                         for fc, w in zip(g.linears, saved):
                             fc.weight.data = w
 
-                sc = search_scale([fc.weight.data for fc in g.linears], X, w_bit, group_size,
+                sc = search_scale([fc.weight.data for fc in g.linears], X, bits, group_size,
                                   duo_scaling, forward=forward)
                 ratios[f"layers.{i}.{g.name}"] = sc.best_ratio
                 plans.append((g, sc.scales))
@@ -451,15 +477,16 @@ def awq_model(model: torch.nn.Module, tokens: torch.Tensor, w_bit: int = 4, grou
                     if n.rsplit(".", 1)[-1] in NO_CLIP:
                         continue
                     x = inputs[n].reshape(-1, fc.in_features)
-                    fc.weight.data = apply_clip(fc.weight.data, search_clip(fc.weight.data, x, w_bit, group_size))
+                    fc.weight.data = apply_clip(fc.weight.data, search_clip(fc.weight.data, x, bits, group_size))
             h = h_next
         for fc in adapters.find_linears(q).values():
-            fc.weight.data = _pseudo_quantize(fc.weight.data, w_bit, check_group_size(fc.in_features, group_size))[0]
+            fc.weight.data = _pseudo_quantize(fc.weight.data, bits, check_group_size(fc.in_features, group_size))[0]
     return q, ratios
 
 
-def rtn_model(model: torch.nn.Module, w_bit: int = 4, group_size: int = 128) -> torch.nn.Module:
+@validate.renamed(w_bit="bits")
+def rtn_model(model: torch.nn.Module, bits: int = 4, group_size: int = 128) -> torch.nn.Module:
     """Round-to-nearest baseline with AWQ's quantizer on every linear (deep copy; lm_head kept)."""
     from qlearn import adapters
 
-    return adapters.fake_quantize_linears(model, lambda W: pseudo_quantize(W, w_bit, group_size)[0])
+    return adapters.fake_quantize_linears(model, lambda W: pseudo_quantize(W, bits, group_size)[0])

@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 
+from qlearn import uniform, validate
+
 __all__ = ["Range", "OBSERVERS", "observe", "minmax", "meanabs", "percentile", "mse_optimal", "kl_entropy",
            "laplace_clip_factor", "fake_quantize_range", "sqnr_db", "layer_output_error", "channel_stats",
            "outlier_channels", "error_vs_calibration_size", "Observer"]
@@ -52,13 +54,14 @@ def _as_array(x, name: str = "x", ndim: tuple = (1, 2)) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
-    if x.dtype.kind not in "fiu":
-        raise ValueError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    if x.dtype.kind != "f":
+        raise validate.ArgumentTypeError(f"{name} must be a floating-point array of "
+                                         f"activations, got dtype {x.dtype}")
     if x.ndim not in ndim:
         raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dimensions "
                          f"(tokens, features), got shape {x.shape}")
     if x.size == 0:
-        raise ValueError(f"{name} is empty (shape {x.shape}): calibration needs at least one activation "
+        raise ValueError(f"{name} is empty (got shape {x.shape}): calibration needs at least one activation "
                          f"(run the model on some text first)")
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
@@ -68,33 +71,44 @@ def _as_array(x, name: str = "x", ndim: tuple = (1, 2)) -> np.ndarray:
 
 
 def _check_bits(bits: int) -> int:
-    if not (isinstance(bits, (int, np.integer)) and 2 <= bits <= 16):
-        raise ValueError(f"bits must be an integer in 2..16, got {bits!r}")
-    return int(bits)
+    lo, hi = validate.BITS_RANGE["calibration"]
+    return validate.bits(bits, lo=lo, hi=hi)
+
+
+def _check_range(rng) -> Range:
+    if not isinstance(rng, Range):
+        raise TypeError(f"rng must be a calibration.Range (from an observer), got "
+                        f"{type(rng).__name__}")
+    lo = validate.number(rng.lo, "rng.lo")
+    hi = validate.number(rng.hi, "rng.hi")
+    if lo > hi:
+        raise ValueError(f"rng must have lo <= hi, got lo={lo}, hi={hi}")
+    return rng
 
 
 def fake_quantize_range(x, rng: Range, bits: int = 8, symmetric: bool = True) -> np.ndarray:
     """Quantize x to ``bits`` over [rng.lo, rng.hi] and back. Returns float64 numpy, x's shape.
 
-    symmetric: levels -(2^(b-1)-1) .. 2^(b-1)-1 times scale = max(|lo|, |hi|) / (2^(b-1)-1) (zero exact);
-    otherwise 2^b levels from lo to hi with an integer zero point.
+    symmetric: :mod:`qlearn.uniform`'s ``"symmetric"`` grid, levels -(2^(b-1)-1) .. 2^(b-1)-1
+    times scale = max(|lo|, |hi|) / (2^(b-1)-1) (zero exact); otherwise ``"asymmetric"``: 2^b
+    levels from min(lo, 0) to max(hi, 0) with an integer zero point. Computed in float64.
+    A zero-width range maps everything to 0.
     """
     x = _as_array(x, ndim=(1, 2, 3))
     bits = _check_bits(bits)
-    if symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        a = max(abs(rng.lo), abs(rng.hi))
-        if a == 0:
-            return np.zeros_like(x)
-        s = a / qmax
-        return np.clip(np.round(x / s), -qmax, qmax) * s
-    levels = 2 ** bits - 1
-    lo, hi = min(rng.lo, 0.0), max(rng.hi, 0.0)  # the range must contain 0 so that zero is exact
-    if hi == lo:
+    rng = _check_range(rng)
+    symmetric = validate.flag(symmetric, "symmetric")
+    mapping = "symmetric" if symmetric else "asymmetric"
+    a = max(abs(rng.lo), abs(rng.hi))
+    if a == 0 or (not symmetric and min(rng.lo, 0.0) == max(rng.hi, 0.0)):
         return np.zeros_like(x)
-    s = (hi - lo) / levels
-    z = np.round(-lo / s)
-    return (np.clip(np.round(x / s) + z, 0, levels) - z) * s
+    scale, zero = uniform.qparams_from_range(np.array([rng.lo]), np.array([rng.hi]), bits,
+                                             mapping, dtype=np.float64)
+    shape1 = (1,) * x.ndim
+    q = uniform.quantize_affine(x, scale.reshape(shape1), zero.reshape(shape1), bits,
+                                mapping=mapping, dtype=np.float64)
+    return uniform.dequantize_affine(q.codes, q.scale, q.zero_point, q.block_size, mapping,
+                                     bits=bits, dtype=np.float64)
 
 
 def sqnr_db(x, x_hat) -> float:
@@ -109,6 +123,7 @@ def sqnr_db(x, x_hat) -> float:
 # ---------------------------------------------------------------- observers
 def minmax(x, symmetric: bool = True) -> Range:
     """[min, max] of x, or [-max|x|, max|x|] when symmetric."""
+    symmetric = validate.flag(symmetric, "symmetric")
     x = _as_array(x)
     if symmetric:
         a = float(np.abs(x).max())
@@ -130,6 +145,7 @@ def laplace_clip_factor(bits: int) -> float:
 
 def meanabs(x, bits: int = 8, symmetric: bool = True) -> Range:
     """Symmetric clip ``laplace_clip_factor(bits) * mean|x - centre|`` (centre 0, or the mean if asymmetric)."""
+    symmetric = validate.flag(symmetric, "symmetric")
     x = _as_array(x)
     c = 0.0 if symmetric else float(x.mean())
     a = laplace_clip_factor(bits) * float(np.abs(x - c).mean())
@@ -145,8 +161,8 @@ def percentile(x, p: float = DEFAULT_PERCENTILE, symmetric: bool = True) -> Rang
     symmetric: a = p-th percentile of |x| (rounded up to a data value), range [-a, a]; otherwise
     the (100-p)/2 % tail is cut on each side.
     """
-    if not (0 < p <= 100):
-        raise ValueError(f"percentile p must be in (0, 100], got {p}")
+    p = validate.number(p, "percentile p", lo=0.0, hi=100.0, lo_open=True)
+    symmetric = validate.flag(symmetric, "symmetric")
     x = _as_array(x)
     if symmetric:
         a = float(np.percentile(np.abs(x), p, method="higher"))
@@ -190,6 +206,7 @@ def kl_entropy(x, bits: int = 8, bins: int = KL_BINS) -> Range:
     bin i, Q = P merged into 2^(bits-1) levels and spread back; pick the i minimising KL(P || Q)."""
     x = _as_array(x)
     bits = _check_bits(bits)
+    bins = validate.integer(bins, "bins", lo=1)
     n_levels = 2 ** (bits - 1)
     a = np.abs(x).ravel()
     top = float(a.max())
@@ -220,6 +237,9 @@ def kl_entropy(x, bits: int = 8, bins: int = KL_BINS) -> Range:
 def observe(x, method: str = "minmax", bits: int = 8, symmetric: bool = True,
             p: float = DEFAULT_PERCENTILE) -> Range:
     """Dispatch to an observer by name (one of OBSERVERS). x: (tokens, features) or flat activations."""
+    validate.choice(method, "method", OBSERVERS)
+    bits = _check_bits(bits)
+    symmetric = validate.flag(symmetric, "symmetric")
     if method == "minmax":
         return minmax(x, symmetric)
     if method == "meanabs":
@@ -246,7 +266,8 @@ class Observer:
                  p: float = DEFAULT_PERCENTILE, max_values: int = 2_000_000, seed: int = 0):
         if method not in OBSERVERS:
             raise ValueError(f"unknown observer {method!r}; expected one of {OBSERVERS}")
-        self.method, self.bits, self.symmetric, self.p = method, _check_bits(bits), symmetric, p
+        self.method, self.bits, self.p = method, _check_bits(bits), p
+        self.symmetric = validate.flag(symmetric, "symmetric")
         self.max_values, self._rng = max_values, np.random.default_rng(seed)
         self.features: int | None = None
         self._chunks: list[np.ndarray] = []
@@ -309,6 +330,8 @@ def channel_stats(x) -> dict:
 
 def outlier_channels(x, ratio: float = OUTLIER_RATIO) -> np.ndarray:
     """Indices of features whose |max| exceeds ``ratio`` times the median feature's |max| (sorted, largest first)."""
+    ratio = validate.number(ratio, "ratio", lo=1.0, hint="a channel is an outlier when its "
+                            "|max| is ratio times the median channel's")
     absmax = channel_stats(x)["absmax"]
     idx = np.nonzero(absmax > ratio * np.median(absmax))[0]
     return idx[np.argsort(-absmax[idx])]

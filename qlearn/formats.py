@@ -304,8 +304,10 @@ def fields(value: float, fmt: str) -> Fields:
 
 def int_range(bits: int, signed: bool = True) -> tuple[int, int]:
     """(lowest, highest) integer a two's-complement (or unsigned) ``bits``-bit integer holds."""
-    if not isinstance(bits, (int, np.integer)) or bits < 1:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1:
         raise ValueError(f"bits must be a positive integer, got {bits!r}")
+    if not isinstance(signed, (bool, np.bool_)):
+        raise ValueError(f"signed must be True or False, got {signed!r}")
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
 
 

@@ -23,8 +23,11 @@ __all__ = ["FLOAT_TYPES", "default_quantizer", "write_gguf", "read_gguf"]
 FLOAT_TYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
 _INT_TYPES = {"I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64}
 _PLAIN_TYPES = {**FLOAT_TYPES, **_INT_TYPES}
-# What gguf.quants.quantize reproduces bit for bit (legacy types); it has no k-quant quantizer.
-_GGUF_PY_EXACT = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+# llama.cpp's GGML_MAX_NAME: a tensor name must be shorter (the C buffer holds the final NUL)
+GGML_MAX_NAME = 64
+GGUF_MAGIC = b"GGUF"
+GGUF_VERSIONS = (2, 3)        # what gguf-py and llama.cpp read
+DEFAULT_ALIGNMENT = 32        # general.alignment when the file does not set it
 # Keys the reader synthesises from the file header, not metadata the writer was given.
 _HEADER_KEYS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count")
 
@@ -46,31 +49,11 @@ def _ggml_type(name: str):
 
 
 def default_quantizer() -> Quantizer:
-    """The quantizer used for float tensors given a quantized type.
+    """The quantizer used for float tensors given a quantized type: ``qlearn.kquants.quantize``
+    (every type, bit for bit with ggml)."""
+    from qlearn.kquants import quantize as kq
 
-    ``qlearn.kquants.quantize`` when it is available (every type, bit-exact with ggml),
-    otherwise ``gguf.quants.quantize``, which is exact only for Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0.
-    Imported lazily so this module works with either.
-    """
-    try:
-        from qlearn.kquants import quantize as kq
-
-        return lambda x, qtype: kq(x, qtype)
-    except ImportError:
-        pass
-
-    def gguf_py(x: np.ndarray, qtype: str) -> np.ndarray:
-        import gguf.quants
-
-        if qtype not in _GGUF_PY_EXACT:
-            raise ValueError(
-                f"no quantizer for {qtype}: qlearn.kquants is not available and gguf.quants only "
-                f"quantizes {', '.join(_GGUF_PY_EXACT)} exactly (pass quantizer=..., or give the "
-                "tensor as uint8 block bytes)"
-            )
-        return gguf.quants.quantize(x, _ggml_type(qtype))
-
-    return gguf_py
+    return lambda x, qtype: kq(x, qtype)
 
 
 def _metadata_value(key: str, value: Any):
@@ -107,10 +90,38 @@ def _metadata_value(key: str, value: Any):
     )
 
 
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"tensor names must be non-empty strings, got {name!r}")
+    n = len(name.encode("utf-8"))
+    if n >= GGML_MAX_NAME:
+        raise ValueError(f"tensor name {name[:20]!r}... is {n} bytes: llama.cpp reads names of "
+                         f"at most {GGML_MAX_NAME - 1} bytes (GGML_MAX_NAME = {GGML_MAX_NAME})")
+
+
+def _check_fits(name: str, data: np.ndarray, qtype: str, target: np.dtype) -> None:
+    """Refuse values the stored type would change: integer overflow, fractions, float overflow."""
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        if data.dtype.kind == "f" and (data != np.round(data)).any():
+            raise ValueError(f"tensor {name!r}: type {qtype} stores integers, got fractional "
+                             f"values (round them or pick a float type)")
+        lo, hi = data.min(), data.max()
+        if lo < info.min or hi > info.max:
+            raise ValueError(f"tensor {name!r}: values {lo}..{hi} overflow {qtype} "
+                             f"({info.min}..{info.max}); pick a wider integer type")
+    elif data.dtype.kind == "f" or data.dtype.kind in "iu":
+        big = float(np.abs(data.astype(np.float64)).max())
+        if big > float(np.finfo(target).max):
+            raise ValueError(f"tensor {name!r}: |value| {big:g} overflows {qtype} (max "
+                             f"{float(np.finfo(target).max):g}); use F32")
+
+
 def _tensor_payload(name: str, entry, quantizer: Quantizer | None):
     """Return (array to hand to GGUFWriter, raw ggml type or None) for one tensors entry."""
     from qlearn import kernels
 
+    _check_name(name)
     if not isinstance(entry, tuple) or len(entry) not in (2, 3):
         raise ValueError(f"tensor {name!r}: expected (array_or_bytes, qtype) or (bytes, qtype, shape), got {type(entry).__name__}")
     data, qtype = entry[0], str(getattr(entry[1], "name", entry[1])).upper()
@@ -123,12 +134,21 @@ def _tensor_payload(name: str, entry, quantizer: Quantizer | None):
     if not isinstance(data, np.ndarray):
         raise ValueError(f"tensor {name!r}: expected a numpy array or bytes, got {type(data).__name__}")
 
+    if data.dtype.kind not in "fiub":
+        raise ValueError(f"tensor {name!r}: expected real numbers, got dtype {data.dtype} "
+                         f"(complex values have no ggml type; store real and imaginary parts "
+                         f"as two tensors)")
+    if data.size == 0:
+        raise ValueError(f"tensor {name!r} is empty (shape {data.shape}): ggml tensors need "
+                         f"at least one element")
     if qtype in _PLAIN_TYPES:
         if data.dtype == np.uint8 and qtype != "I8":
             raise ValueError(f"tensor {name!r}: type {qtype} takes numbers, got uint8 bytes")
         if data.dtype.kind == "f" and not np.isfinite(data).all():
             raise ValueError(f"tensor {name!r} contains NaN or Inf")
-        arr = np.ascontiguousarray(data, dtype=_PLAIN_TYPES[qtype])
+        target = np.dtype(_PLAIN_TYPES[qtype])
+        _check_fits(name, data, qtype, target)
+        arr = np.ascontiguousarray(data, dtype=target)
         return (arr.reshape(shape) if shape else arr), None
 
     bs, ts = kernels.block_info(qtype)  # raises for types qlearn cannot dequantize
@@ -226,10 +246,24 @@ def read_gguf(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, str, tuple[
     import gguf
 
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise ValueError(f"no GGUF file at {path}")
-    reader = gguf.GGUFReader(str(path))
-    metadata = {k: f.contents() for k, f in reader.fields.items() if k not in _HEADER_KEYS}
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or head[:4] != GGUF_MAGIC:
+        raise ValueError(f"corrupt GGUF: {path} does not start with the magic {GGUF_MAGIC!r} "
+                         f"(got {head[:4]!r}); is it a GGUF file?")
+    version = int.from_bytes(head[4:8], "little")
+    if version not in GGUF_VERSIONS:
+        raise ValueError(f"corrupt GGUF: version {version}, expected one of {GGUF_VERSIONS}")
+    try:
+        reader = gguf.GGUFReader(str(path))
+        metadata = {k: f.contents() for k, f in reader.fields.items() if k not in _HEADER_KEYS}
+    except Exception as e:  # gguf raises IndexError, ValueError, struct/reshape errors
+        raise ValueError(f"corrupt GGUF: {path} could not be parsed "
+                         f"({type(e).__name__}: {e})") from None
+    _check_tensor_table(reader, size, metadata.get("general.alignment", DEFAULT_ALIGNMENT))
     tensors = {}
     for t in reader.tensors:
         qtype = t.tensor_type.name
@@ -239,3 +273,34 @@ def read_gguf(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, str, tuple[
             data = data.reshape(shape)
         tensors[t.name] = (data, qtype, shape)
     return tensors, metadata
+
+
+def _check_tensor_table(reader, size: int, alignment: Any) -> None:
+    """Every tensor's bytes inside the file's data section, aligned, without overlap, and its
+    element count a whole number of its type's blocks."""
+    import gguf
+
+    if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment <= 0:
+        raise ValueError(f"corrupt GGUF: general.alignment must be a positive int, got "
+                         f"{alignment!r}")
+    spans = []
+    for t in reader.tensors:
+        bs, _ = gguf.GGML_QUANT_SIZES[t.tensor_type]
+        n_el = int(np.prod(t.shape.astype(np.int64))) if len(t.shape) else 1
+        if n_el <= 0 or t.shape[0] % bs:
+            raise ValueError(f"corrupt GGUF: tensor {t.name!r} of type {t.tensor_type.name} has "
+                             f"shape {t.shape.tolist()}, not a whole number of {bs}-element "
+                             f"blocks")
+        start, end = int(t.data_offset), int(t.data_offset) + int(t.n_bytes)
+        if start % alignment or end > size:
+            raise ValueError(f"corrupt GGUF: tensor {t.name!r} ({t.tensor_type.name}, "
+                             f"{t.n_bytes} bytes at offset {start}) lies outside the "
+                             f"{size}-byte file or is not {alignment}-byte aligned "
+                             f"(truncated file or edited header)")
+        spans.append((start, end, t.name))
+    spans.sort()
+    for (s0, e0, n0), (s1, _, n1) in zip(spans, spans[1:]):
+        if e0 > s1:
+            raise ValueError(f"corrupt GGUF: tensor {n0!r} (bytes {s0}..{e0}) overlaps tensor "
+                             f"{n1!r} (from byte {s1}): its declared type or shape does not fit "
+                             f"its region")

@@ -67,6 +67,17 @@ class ModelConfig:
     tied_embeddings: bool = False
     arch: str = "llama"
 
+    def __post_init__(self):
+        for name in ("n_layers", "dim", "ffn_dim", "vocab", "n_heads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {v!r}")
+        kv = self.n_kv_heads
+        if kv is not None and (isinstance(kv, bool) or not isinstance(kv, int) or kv < 1
+                               or self.n_heads % kv):
+            raise ValueError(f"ModelConfig.n_kv_heads must divide n_heads={self.n_heads}, "
+                             f"got {kv!r}")
+
     @property
     def n_gqa(self) -> int:
         return self.n_heads // (self.n_kv_heads or self.n_heads)
@@ -83,9 +94,9 @@ def use_more_bits(i_layer: int, n_layers: int) -> bool:
 
 
 def _block_size(qtype: str) -> int:
-    import gguf
+    from qlearn import blocktypes
 
-    return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]][0]
+    return blocktypes.block_info(qtype)[0]
 
 
 def _category(name: str) -> str:
@@ -235,14 +246,11 @@ def mix_plan(mix: str, model_config: ModelConfig) -> dict[str, str]:
 
 
 def bits_per_weight(qtype: str) -> float:
-    """Storage bits per weight of a ggml type: bytes per block * 8 / weights per block."""
-    import gguf
+    """Storage bits per weight of a ggml type: bytes per block * 8 / weights per block
+    (from :mod:`qlearn.blocktypes`)."""
+    from qlearn import blocktypes
 
-    try:
-        bs, ts = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]]
-    except KeyError:
-        raise ValueError(f"unknown ggml type {qtype!r}") from None
-    return ts * 8 / bs
+    return blocktypes.bits_per_weight(qtype)
 
 
 def mix_bpw(mix: str, model_config: ModelConfig) -> float:

@@ -39,6 +39,8 @@ import numba
 import numpy as np
 import torch
 
+from qlearn import uniform, validate
+
 __all__ = [
     "Hessian", "hessian", "GPTQResult", "find_params", "rtn_quantize", "gptq_quantize",
     "dequantize", "relative_output_error", "synthetic_layer", "pack_autogptq",
@@ -53,13 +55,7 @@ PACK_CHUNK = 32                  # 32 codes always fill a whole number of words 
 
 
 def _as_float32_tensor(x, name: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}")
-    if not (x.is_floating_point()):
-        raise ValueError(f"{name} must be floating point, got dtype {x.dtype} (cast with .float())")
-    return x.detach().to(torch.float32)
+    return validate.float_tensor(x, name, finite=False, allow_empty=True)
 
 
 def _check_finite(x: torch.Tensor, name: str) -> None:
@@ -103,7 +99,7 @@ class Hessian:
             raise ValueError(f"X must be (n_tokens, {self.in_features}) or (batch, seq, {self.in_features}), "
                              f"got shape {tuple(X.shape)}")
         if X.shape[0] * X.shape[1] == 0:
-            raise ValueError(f"empty calibration batch: X has shape {tuple(X.shape)} "
+            raise ValueError(f"empty calibration batch: got X of shape {tuple(X.shape)} "
                              f"(pass at least one token)")
         _check_finite(X, "X")
         new = X.shape[0]
@@ -139,36 +135,39 @@ def hessian(X) -> torch.Tensor:
 # 2. The min/max quantizer and round-to-nearest
 # --------------------------------------------------------------------------------------------
 
+def _mapping(sym: bool) -> str:
+    """The :mod:`qlearn.uniform` grid of the reference quantizer."""
+    return "symmetric_offset" if sym else "asymmetric"
+
+
 def find_params(W: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row scale and zero of the reference quantizer for ``W: (rows, cols) float32``.
 
-    The range always contains 0: ``xmin = min(row min, 0)``, ``xmax = max(row max, 0)``. Symmetric
-    uses ``xmax = max(|xmin|, xmax)``, ``xmin = -xmax`` (when ``xmin < 0``) and the fixed zero
+    A short wrapper of :func:`qlearn.uniform.choose_qparams` with one block per row and the
+    mapping ``"symmetric_offset"`` (sym) or ``"asymmetric"``: the range always contains 0
+    (``xmin = min(row min, 0)``, ``xmax = max(row max, 0)``); symmetric uses
+    ``xmax = max(|xmin|, xmax)``, ``xmin = -xmax`` (when ``xmin < 0``) and the fixed zero
     ``2^(bits-1)``; asymmetric rounds ``-xmin/scale``. An all-zero row gets the range [-1, 1].
     Returns ``scale, zero: (rows,) float32``.
     """
-    maxq = torch.tensor(2 ** bits - 1)
-    zero_row = torch.zeros(W.shape[0])
-    xmin = torch.minimum(W.min(1)[0], zero_row)
-    xmax = torch.maximum(W.max(1)[0], zero_row)
-    if sym:
-        xmax = torch.maximum(torch.abs(xmin), xmax)
-        neg = xmin < 0
-        xmin[neg] = -xmax[neg]
-    empty = (xmin == 0) & (xmax == 0)
-    xmin[empty] = -1
-    xmax[empty] = +1
-    scale = (xmax - xmin) / maxq
-    if sym:
-        zero = torch.full_like(scale, (2 ** bits) / 2)
-    else:
-        zero = torch.round(-xmin / scale)
-    return scale, zero
+    W = _as_float32_tensor(W, "W")
+    if W.dim() != 2 or W.shape[0] == 0 or W.shape[1] == 0:
+        raise ValueError(f"W must be a non-empty (rows, cols) matrix, got shape {tuple(W.shape)}")
+    bits = validate.bits(bits, lo=MIN_BITS, hi=MAX_BITS)
+    sym = validate.flag(sym, "sym")
+    scale, zero = uniform.choose_qparams(W.numpy(), bits, (1, W.shape[1]), _mapping(sym))
+    return torch.from_numpy(scale[:, 0]), torch.from_numpy(zero[:, 0].astype(np.float32))
 
 
-def _codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
-    """``clamp(round(w/scale) + zero, 0, maxq)`` as float32 (round half to even)."""
-    return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+def _codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
+           mapping: str) -> torch.Tensor:
+    """``clamp(round(w/scale) + zero, 0, 2^bits - 1)`` per row via :func:`uniform.quantize_affine`.
+
+    ``w: (rows, cols)``, ``scale, zero: (rows, 1)`` float32; returns ``(rows, cols)`` uint8.
+    """
+    q = uniform.quantize_affine(w.numpy(), scale.numpy(), zero.numpy(), bits,
+                                block_size=(1, w.shape[1]), mapping=mapping)
+    return torch.from_numpy(q.codes)
 
 
 @dataclass
@@ -201,6 +200,23 @@ class GPTQResult:
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                g_idx: torch.Tensor) -> torch.Tensor:
     """``Q = scales[:, g_idx] * (codes - zeros[:, g_idx])``: (out, in) float32."""
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8 or codes.dim() != 2 \
+            or codes.numel() == 0:
+        raise validate.ArgumentTypeError(f"codes must be a non-empty (out, in) uint8 tensor, got "
+                                         f"{getattr(codes, 'dtype', type(codes).__name__)} "
+                                         f"{tuple(getattr(codes, 'shape', ()))}")
+    scales = validate.float_tensor(scales, "scales", ndim=2, dtypes="float32")
+    zeros = validate.float_tensor(zeros, "zeros", ndim=2, dtypes="float32")
+    if not isinstance(g_idx, torch.Tensor) or g_idx.dtype not in (torch.int32, torch.int64) \
+            or g_idx.shape != (codes.shape[1],):
+        raise validate.ArgumentTypeError(f"g_idx must be an int32 tensor of shape "
+                                         f"({codes.shape[1]},), got "
+                                         f"{getattr(g_idx, 'dtype', type(g_idx).__name__)}")
+    if scales.shape[0] != codes.shape[0] or zeros.shape != scales.shape \
+            or int(g_idx.min()) < 0 or int(g_idx.max()) >= scales.shape[1]:
+        raise ValueError(f"scales and zeros must be (out, n_groups) = ({codes.shape[0]}, n) with "
+                         f"g_idx in [0, n), got {tuple(scales.shape)}, {tuple(zeros.shape)} and "
+                         f"g_idx {int(g_idx.min())}..{int(g_idx.max())}")
     g = g_idx.long()
     out, cols = codes.shape
     n_groups = scales.shape[1]
@@ -236,16 +252,14 @@ def rtn_quantize(W, bits: int = 4, group_size: int = -1, sym: bool = True) -> GP
     W = _as_float32_tensor(W, "W")
     _validate_settings(W, bits, group_size)
     bits, group_size = int(bits), int(group_size)
+    sym = validate.flag(sym, "sym")
     out, cols = W.shape
     gs = cols if group_size == -1 else group_size
-    maxq = 2 ** bits - 1
-    scales, zeros, codes = [], [], torch.empty(out, cols, dtype=torch.uint8)
-    for g, c in enumerate(range(0, cols, gs)):
-        scale, zero = find_params(W[:, c:c + gs], bits, sym)
-        codes[:, c:c + gs] = _codes(W[:, c:c + gs], scale[:, None], zero[:, None], maxq).to(torch.uint8)
-        scales.append(scale)
-        zeros.append(zero)
-    scales, zeros = torch.stack(scales, 1), torch.stack(zeros, 1)
+    scale, zero = uniform.choose_qparams(W.numpy(), bits, (1, gs), _mapping(sym))
+    q = uniform.quantize_affine(W.numpy(), scale, zero, bits, block_size=(1, gs),
+                                mapping=_mapping(sym))
+    codes = torch.from_numpy(q.codes)
+    scales, zeros = torch.from_numpy(scale), torch.from_numpy(zero.astype(np.float32))
     g_idx = (torch.arange(cols) // gs).to(torch.int32)
     return GPTQResult(codes, scales, zeros, g_idx, None, dequantize(codes, scales, zeros, g_idx),
                       None, bits, group_size, bool(sym))
@@ -257,15 +271,21 @@ def relative_output_error(X, W, Q, *, gram=None) -> float:
     Pass ``gram = X^T X`` ((in, in) float64) instead of X to reuse it across many Q (same value,
     computed as ``sum(D * (D @ gram))`` with ``D = W - Q``).
     """
-    def f64(a):
-        return np.asarray(a.detach().numpy() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
+    def f64(a, name):
+        return validate.float_array(a, name, ndim=2, dtype=np.float64)
 
-    W, Q = f64(W), f64(Q)
+    W, Q = f64(W, "W"), f64(Q, "Q")
+    if Q.shape != W.shape:
+        raise ValueError(f"Q must have W's shape {W.shape}, got {Q.shape}")
     D = W - Q
     if gram is not None:
-        G = f64(gram)
+        G = f64(gram, "gram")
+        if G.shape != (W.shape[1],) * 2:
+            raise ValueError(f"gram must be ({W.shape[1]}, {W.shape[1]}), got {G.shape}")
         return float(np.sum(D * (D @ G)) / np.sum(W * (W @ G)))
-    X = f64(X)
+    X = f64(X, "X")
+    if X.shape[1] != W.shape[1]:
+        raise ValueError(f"X must have in_features = {W.shape[1]} columns, got {X.shape}")
     Y = X @ W.T
     return float(np.sum((X @ D.T) ** 2) / np.sum(Y ** 2))
 
@@ -288,13 +308,14 @@ def _inverse_hessian_cholesky(H: torch.Tensor) -> torch.Tensor:
 
 def _sweep_block_torch(W1, Hinv1, scale_tab, zero_tab, col_group, maxq, codes1, Err1, losses1):
     """Reference column loop over one block. W1: (out, count) float32, modified in place."""
+    bits = int(maxq).bit_length()
     for i in range(W1.shape[1]):
         w = W1[:, i]
         d = Hinv1[i, i]
         scale, zero = scale_tab[col_group[i]], zero_tab[col_group[i]]
-        c = _codes(w, scale, zero, maxq)
+        codes1[:, i] = _codes(w[:, None], scale[:, None], zero[:, None], bits, "asymmetric")[:, 0]
+        c = codes1[:, i].to(torch.float32)
         q = scale * (c - zero)
-        codes1[:, i] = c.to(torch.uint8)
         losses1[:, i] = (w - q) ** 2 / d ** 2
         err = (w - q) / d
         W1[:, i:] -= err.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
@@ -303,7 +324,10 @@ def _sweep_block_torch(W1, Hinv1, scale_tab, zero_tab, col_group, maxq, codes1, 
 
 @numba.njit(cache=True)   # serial: a numba thread pool next to torch's OpenMP pool thrashed 2 cores
 def _sweep_block_numba(W1, Hinv1, scale_tab, zero_tab, col_group, maxq, codes1, Err1, losses1):  # pragma: no cover
-    """Same arithmetic as :func:`_sweep_block_torch`, one output row per iteration (rows are independent)."""
+    """Same arithmetic as :func:`_sweep_block_torch`, one output row per iteration (rows are independent).
+
+    The numba sweep rounds onto the grid itself (``uniform.quantize_affine`` cannot be called
+    from compiled code); ``test_gptq`` checks it against the torch sweep bit for bit."""
     out, count = W1.shape
     for r in range(out):
         w = W1[r]
@@ -357,10 +381,11 @@ def gptq_quantize(W, H, bits: int = 4, group_size: int = -1, sym: bool = True,
     if not torch.any(torch.diag(H) != 0):
         raise ValueError("H is all zero on the diagonal: empty calibration (no inputs reached this "
                          "layer); pass calibration tokens to hessian()")
-    if not isinstance(blocksize, (int, np.integer)) or blocksize <= 0:
-        raise ValueError(f"blocksize must be a positive integer, got {blocksize!r}")
-    if not (percdamp >= 0 and math.isfinite(percdamp)):
-        raise ValueError(f"percdamp must be a finite number >= 0, got {percdamp!r}")
+    blocksize = validate.integer(blocksize, "blocksize", lo=1)
+    percdamp = validate.number(percdamp, "percdamp", lo=0.0)
+    sym = validate.flag(sym, "sym")
+    act_order = validate.flag(act_order, "act_order")
+    static_groups = validate.flag(static_groups, "static_groups")
     if backend not in ("numba", "torch"):
         raise ValueError(f"backend must be 'numba' or 'torch', got {backend!r}")
     maxq = 2 ** bits - 1
@@ -469,6 +494,11 @@ def synthetic_layer(seed: int = 1, out_features: int = 512, in_features: int = 1
     "medium" oracle layer; ``seed=0, out=64, in=128, n_tokens=512, n_outliers=0`` gives "small".
     Returns ``W (out, in) float32, X (n_tokens, in) float32, outliers (n_outliers,) int64``.
     """
+    for name, v in (("out_features", out_features), ("in_features", in_features),
+                    ("n_tokens", n_tokens)):
+        validate.integer(v, name, lo=1)
+    validate.integer(n_outliers, "n_outliers", lo=0, hi=in_features)
+    outlier_factor = validate.number(outlier_factor, "outlier_factor", lo=0.0, lo_open=True)
     rng = np.random.default_rng(seed)
     W = rng.standard_normal((out_features, in_features)).astype(np.float32) / np.float32(np.sqrt(in_features))
     X = rng.standard_normal((n_tokens, in_features)).astype(np.float32)
@@ -489,6 +519,49 @@ def synthetic_layer(seed: int = 1, out_features: int = 512, in_features: int = 1
 # two words).
 
 PACK_FORMATS = ("gptq", "gptq_v2")
+SCALES_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+PACKED_KEYS = ("qweight", "qzeros", "scales", "g_idx")
+
+
+def _check_packed(packed, where: str = "packed") -> int:
+    """Check a packed AutoGPTQ layer's tensors against each other; return its bit width."""
+    if not isinstance(packed, dict):
+        raise validate.ArgumentTypeError(f"{where} must be a dict of tensors from pack_autogptq, "
+                                         f"got {type(packed).__name__}")
+    missing = set(PACKED_KEYS) - set(packed)
+    if missing:
+        raise ValueError(f"{where} must have qweight, qzeros, scales and g_idx, got keys "
+                         f"{sorted(packed)} (missing {sorted(missing)})")
+    for k in PACKED_KEYS:
+        if not isinstance(packed[k], torch.Tensor):
+            raise validate.ArgumentTypeError(f"{where}[{k!r}] must be a torch tensor, got "
+                                             f"{type(packed[k]).__name__}")
+    qweight, qzeros, scales, g_idx = (packed[k] for k in PACKED_KEYS)
+    for k, t, nd in (("qweight", qweight, 2), ("qzeros", qzeros, 2), ("g_idx", g_idx, 1)):
+        if t.dtype != torch.int32 or t.dim() != nd or t.numel() == 0:
+            raise ValueError(f"{where}[{k!r}] must be a non-empty {nd}-D int32 tensor, got "
+                             f"{t.dtype} of shape {tuple(t.shape)}")
+    if scales.dtype not in SCALES_DTYPES or scales.dim() != 2:
+        raise ValueError(f"{where}['scales'] must be 2-D float16/bfloat16/float32, got "
+                         f"{scales.dtype} of shape {tuple(scales.shape)}")
+    cols, out = g_idx.shape[0], qweight.shape[1]
+    bits = qweight.shape[0] * PACK_CHUNK // cols
+    if not MIN_BITS <= bits <= MAX_BITS or qweight.shape[0] * PACK_CHUNK != bits * cols:
+        raise ValueError(f"{where}: qweight shape {tuple(qweight.shape)} does not fit g_idx of "
+                         f"length {cols} at any bit width {MIN_BITS}..{MAX_BITS}")
+    n_groups = scales.shape[0]
+    if scales.shape != (n_groups, out) or qzeros.shape != (n_groups, out * bits // PACK_WORD_BITS):
+        raise ValueError(f"{where}: scales and qzeros must be ({n_groups}, {out}) and "
+                         f"({n_groups}, {out * bits // PACK_WORD_BITS}) for {bits}-bit qweight "
+                         f"{tuple(qweight.shape)}, got {tuple(scales.shape)} and "
+                         f"{tuple(qzeros.shape)}")
+    if int(g_idx.min()) < 0 or int(g_idx.max()) >= n_groups:
+        raise ValueError(f"{where}: g_idx must index the {n_groups} groups, got values "
+                         f"{int(g_idx.min())}..{int(g_idx.max())}")
+    if not bool(torch.isfinite(scales).all()):
+        raise ValueError(f"{where}: scales must be finite, got "
+                         f"{int((~torch.isfinite(scales)).sum())} NaN/Inf")
+    return bits
 
 
 def _pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
@@ -529,8 +602,20 @@ def pack_autogptq(result: GPTQResult, format: str = "gptq",
     """
     if format not in PACK_FORMATS:
         raise ValueError(f"format must be one of {PACK_FORMATS}, got {format!r}")
+    if not isinstance(result, GPTQResult):
+        raise validate.ArgumentTypeError(f"result must be a GPTQResult (from gptq_quantize or "
+                                         f"rtn_quantize), got {type(result).__name__}")
+    if scales_dtype not in SCALES_DTYPES:
+        raise ValueError(f"scales_dtype must be one of {SCALES_DTYPES} (scales are real "
+                         f"numbers; an integer type would zero them), got {scales_dtype!r}")
     out, cols = result.codes.shape
-    bits = result.bits
+    bits = validate.bits(result.bits, "result.bits", MIN_BITS, MAX_BITS)
+    if result.codes.dtype != torch.uint8 or int(result.codes.max()) >= 2 ** bits:
+        raise ValueError(f"result.codes must be uint8 codes below 2^{bits}, got "
+                         f"{result.codes.dtype} up to {int(result.codes.max())}")
+    if not bool(torch.isfinite(result.scales.to(scales_dtype)).all()):
+        raise ValueError(f"result.scales overflow {scales_dtype} (largest "
+                         f"{float(result.scales.abs().max()):g}); pass scales_dtype=torch.float32")
     if cols % PACK_CHUNK or out % PACK_CHUNK:
         raise ValueError(f"AutoGPTQ packs 32 codes at a time: in_features and out_features must be "
                          f"multiples of {PACK_CHUNK}, got ({out}, {cols}) (pad the layer)")
@@ -554,20 +639,17 @@ def unpack_autogptq(packed: dict[str, torch.Tensor], format: str = "gptq") -> GP
     """Inverse of :func:`pack_autogptq` (bits inferred from the shapes); scales come back as float32."""
     if format not in PACK_FORMATS:
         raise ValueError(f"format must be one of {PACK_FORMATS}, got {format!r}")
-    missing = {"qweight", "qzeros", "scales", "g_idx"} - set(packed)
-    if missing:
-        raise ValueError(f"packed dict must have qweight, qzeros, scales and g_idx, missing {sorted(missing)}")
+    bits = _check_packed(packed)
     qweight, qzeros = packed["qweight"].numpy(), packed["qzeros"].numpy()
     g_idx = packed["g_idx"].to(torch.int32)
-    cols, out = g_idx.shape[0], qweight.shape[1]
-    bits = qweight.shape[0] * PACK_CHUNK // cols
-    if not MIN_BITS <= bits <= MAX_BITS or qweight.shape[0] * PACK_CHUNK != bits * cols:
-        raise ValueError(f"qweight shape {qweight.shape} does not fit g_idx of length {cols} "
-                         f"at any bit width {MIN_BITS}..{MAX_BITS}")
+    cols = g_idx.shape[0]
     codes = _unpack_rows(qweight.view(np.uint32), bits).T
     zeros = _unpack_rows(np.ascontiguousarray(qzeros.view(np.uint32).T), bits).astype(np.int64)
     if format == "gptq":
         zeros = zeros + 1
+    if zeros.max() > 2 ** bits - 1:
+        raise ValueError(f"packed qzeros hold a zero point of {int(zeros.max())}, above the "
+                         f"{bits}-bit codes (was it written as format='gptq_v2'?)")
     scales = packed["scales"].to(torch.float32).T.contiguous()
     zeros = torch.from_numpy(zeros.astype(np.float32))
     codes = torch.from_numpy(np.ascontiguousarray(codes).astype(np.uint8))
@@ -586,6 +668,24 @@ def save_autogptq(path, tensors: dict[str, dict[str, torch.Tensor]], bits: int, 
     """
     from safetensors.torch import save_file
 
+    bits = validate.bits(bits, "bits", MIN_BITS, MAX_BITS)
+    group_size = validate.integer(group_size, "group_size", lo=-1)
+    if group_size == 0:
+        raise ValueError("group_size must be -1 (one group per row) or positive, got 0")
+    sym, desc_act = validate.flag(sym, "sym"), validate.flag(desc_act, "desc_act")
+    if not isinstance(tensors, dict) or not tensors:
+        raise ValueError(f"tensors must be a non-empty dict {{layer name: pack_autogptq(...)}}, "
+                         f"got {type(tensors).__name__}")
+    for name, packed in tensors.items():
+        got = _check_packed(packed, f"tensors[{name!r}]")
+        if got != bits:
+            raise ValueError(f"layer {name!r} holds {got}-bit codes but bits={bits}: the "
+                             f"config would describe the tensors wrongly")
+        cols, n_groups = packed["g_idx"].shape[0], packed["scales"].shape[0]
+        want = 1 if group_size == -1 else cols // group_size
+        if n_groups != want:
+            raise ValueError(f"layer {name!r} has {n_groups} groups for {cols} inputs, but "
+                             f"group_size={group_size} means {want}")
     flat = {f"{name}.{k}": v.contiguous() for name, packed in tensors.items() for k, v in packed.items()}
     meta = {"quant_method": "gptq", "bits": str(bits), "group_size": str(group_size),
             "sym": str(bool(sym)).lower(), "desc_act": str(bool(desc_act)).lower()}
@@ -597,11 +697,25 @@ def load_autogptq(path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, s
     from safetensors import safe_open
 
     layers: dict[str, dict[str, torch.Tensor]] = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        for key in f.keys():
-            name, _, part = key.rpartition(".")
-            layers.setdefault(name, {})[part] = f.get_tensor(key)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            for key in f.keys():
+                name, _, part = key.rpartition(".")
+                layers.setdefault(name, {})[part] = f.get_tensor(key)
+    except FileNotFoundError:
+        raise ValueError(f"no safetensors file at {path}") from None
+    except Exception as e:  # safetensors raises SafetensorError, OSError, ...
+        raise ValueError(f"corrupt safetensors: {path} ({type(e).__name__}: {e})") from None
+    for key in ("quant_method", "bits", "group_size", "sym", "desc_act"):
+        if key not in meta:
+            raise ValueError(f"corrupt GPTQ checkpoint: metadata lacks {key!r} (got "
+                             f"{sorted(meta)})")
+    for name, packed in layers.items():
+        got = _check_packed(packed, f"layer {name!r}")
+        if str(got) != meta["bits"]:
+            raise ValueError(f"corrupt GPTQ checkpoint: layer {name!r} holds {got}-bit codes "
+                             f"but the config says bits={meta['bits']}")
     return layers, meta
 
 

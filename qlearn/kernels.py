@@ -25,6 +25,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from qlearn import blocktypes
+
 __all__ = [
     "SUPPORTED",
     "MATVEC_TYPES",
@@ -38,8 +40,8 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------------------------
-# Type table. Block size and bytes per block come from the gguf package (the format's own
-# registry), so nothing here can drift from what GGUF files say.
+# Type table. Block size and bytes per block come from qlearn.blocktypes (the one table; a test
+# checks it against the gguf package's registry), so nothing here can drift.
 # --------------------------------------------------------------------------------------------
 
 SUPPORTED = (
@@ -61,7 +63,7 @@ _FP16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.flo
 
 # The 16 non-uniform levels of IQ4_NL / IQ4_XS (ggml's kvalues_iq4nl): denser near 0, where
 # Gaussian-like weights concentrate.
-IQ4_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
+IQ4_LEVELS = blocktypes.IQ4_LEVELS  # defined once, in qlearn.blocktypes
 _IQ4_LEVELS_F32 = IQ4_LEVELS.astype(np.float32)
 
 
@@ -77,12 +79,9 @@ def _qtype_name(qtype) -> str:
 
 
 def block_info(qtype) -> tuple[int, int]:
-    """Return ``(block_size, type_size)``: elements per block and bytes per block of ``qtype``."""
-    import gguf
-
-    name = _qtype_name(qtype)
-    bs, ts = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]]
-    return int(bs), int(ts)
+    """Return ``(block_size, type_size)``: elements per block and bytes per block of ``qtype``
+    (from :mod:`qlearn.blocktypes`, checked against gguf's registry by the tests)."""
+    return blocktypes.block_info(_qtype_name(qtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,8 +384,9 @@ def _check_q(q, qtype) -> tuple[str, np.ndarray, int]:
         )
     if q.ndim == 1:
         q = q.reshape(1, -1)
-    if q.ndim != 2:
-        raise ValueError(f"q must be (rows, row_bytes) uint8, got shape {q.shape}")
+    if q.ndim != 2 or q.shape[0] == 0:
+        raise ValueError(f"q must be (rows, row_bytes) uint8 with at least one row, got shape "
+                         f"{q.shape}")
     row_bytes = q.shape[1]
     if row_bytes == 0 or row_bytes % ts != 0:
         raise ValueError(
@@ -438,7 +438,23 @@ def _check_x(x, cols: int, what: str = "x") -> np.ndarray:
             f"{what} must have shape ({cols},) to match the matrix's {cols} columns, got {x.shape}"
         )
     if not np.isfinite(x).all():
-        raise ValueError(f"{what} contains NaN or Inf ({int((~np.isfinite(x)).sum())} entries); clean the input first")
+        raise ValueError(f"{what} must be finite, got {int((~np.isfinite(x)).sum())} NaN or Inf entries; clean the input first")
+    return np.ascontiguousarray(x)
+
+
+def _check_activations(x, block: int, qtype: str) -> np.ndarray:
+    """A finite, non-empty 1-D float32 numpy vector whose length is a multiple of ``block``."""
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{qtype} quantizes a numpy float32 vector, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise ValueError(f"{qtype} needs float32, got {x.dtype} (convert with "
+                         f"x.astype(np.float32))")
+    if x.ndim != 1 or x.shape[0] == 0 or x.shape[0] % block:
+        raise ValueError(f"{qtype} needs a 1-D float32 vector whose length is a positive "
+                         f"multiple of {block}, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{qtype}: x must be finite, got {int((~np.isfinite(x)).sum())} "
+                         f"NaN or Inf entries; clean the input first")
     return np.ascontiguousarray(x)
 
 
@@ -452,8 +468,7 @@ def quantize_q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ``iscale = -127 / m``, ``q = min(127, round_half_even(iscale * x))``, ``d = 1 / iscale``.
     (The minus sign is ggml's: it maps the extreme to -127 so no code is -128.)
     """
-    if x.ndim != 1 or x.shape[0] % QK_K:
-        raise ValueError(f"Q8_K needs a 1-D float32 vector whose length is a multiple of {QK_K}, got shape {x.shape}")
+    x = _check_activations(x, QK_K, "Q8_K")
     xb = x.reshape(-1, QK_K)
     ax = np.abs(xb)
     first = np.argmax(ax, axis=1)  # strict '>' in ggml: the first largest |x| wins
@@ -477,8 +492,7 @@ def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (the value the dot product reads back). ``d = max|x| / 127``, ``q = roundf(x * (1/d))``
     with ties away from zero. Identical to ``gguf.quants.quantize(x, Q8_0)``.
     """
-    if x.ndim != 1 or x.shape[0] % QK_LEGACY:
-        raise ValueError(f"Q8_0 needs a 1-D float32 vector whose length is a multiple of {QK_LEGACY}, got shape {x.shape}")
+    x = _check_activations(x, QK_LEGACY, "Q8_0")
     xb = x.reshape(-1, QK_LEGACY)
     d = np.abs(xb).max(axis=1) / np.float32(Q8_MAX)
     with np.errstate(divide="ignore"):

@@ -27,9 +27,9 @@ search left (stale codes).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+
+from qlearn import blocktypes
 
 F32 = np.float32
 
@@ -43,8 +43,7 @@ ROUND_MAGIC = F32(12582912.0)
 #: overflow to inf and the bytes would depend on NaN propagation (real weights are far below)
 MAX_ABS_INPUT = F32(1e15)
 #: the 16 levels of IQ4_NL / IQ4_XS: a non-uniform 4-bit grid, denser near zero
-IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10,
-                       1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
+IQ4_VALUES = blocktypes.IQ4_LEVELS  # defined once, in qlearn.blocktypes
 
 # ---- search constants of the scale/min searches -------------------------------------------
 # make_qkx2 (the `_ref` paths): try nstep+1 inverse scales (nmax + rmin + k*rdelta)/(max-min)
@@ -69,80 +68,10 @@ SCALE6_MAX = 63
 IQ4_NTRY = 7
 
 
-# ---- layouts ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Field:
-    """One field of a block: ``count`` values of ``bits`` bits each."""
-
-    name: str
-    count: int
-    bits: int
-    what: str
-
-    @property
-    def nbytes(self) -> int:
-        return self.count * self.bits // 8
-
-
-@dataclass(frozen=True)
-class QType:
-    """A GGUF block type: ``block_size`` weights stored in ``type_size`` bytes."""
-
-    name: str
-    ggml_type: int
-    block_size: int
-    layout: tuple
-
-    @property
-    def type_size(self) -> int:
-        return sum(f.nbytes for f in self.layout)
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8 * self.type_size / self.block_size
-
-    def offsets(self) -> dict:
-        """Field name -> (start, stop) byte offsets inside one block."""
-        out, pos = {}, 0
-        for f in self.layout:
-            out[f.name] = (pos, pos + f.nbytes)
-            pos += f.nbytes
-        return out
-
-
-def _F(name, count, bits, what):
-    return Field(name, count, bits, what)
-
-
-_D = _F("d", 1, 16, "fp16 scale")
-QTYPES: dict = {t.name: t for t in [
-    QType("Q4_0", 2, 32, (_D, _F("qs", 32, 4, "4-bit codes, y = (q-8)*d"))),
-    QType("Q4_1", 3, 32, (_D, _F("m", 1, 16, "fp16 min"), _F("qs", 32, 4, "4-bit codes, y = q*d + m"))),
-    QType("Q5_0", 6, 32, (_D, _F("qh", 32, 1, "5th bit of each code"),
-                          _F("qs", 32, 4, "low 4 bits, y = (q-16)*d"))),
-    QType("Q5_1", 7, 32, (_D, _F("m", 1, 16, "fp16 min"), _F("qh", 32, 1, "5th bit of each code"),
-                          _F("qs", 32, 4, "low 4 bits, y = q*d + m"))),
-    QType("Q8_0", 8, 32, (_D, _F("qs", 32, 8, "int8 codes, y = q*d"))),
-    QType("Q2_K", 10, QK_K, (_F("scales", 32, 4, "16 x (4-bit scale, 4-bit min)"),
-                             _F("qs", QK_K, 2, "2-bit codes"), _D,
-                             _F("dmin", 1, 16, "fp16 super-scale of the mins"))),
-    QType("Q3_K", 11, QK_K, (_F("hmask", QK_K, 1, "3rd bit of each code"),
-                             _F("qs", QK_K, 2, "low 2 bits"),
-                             _F("scales", 16, 6, "16 x 6-bit signed scales"), _D)),
-    QType("Q4_K", 12, QK_K, (_D, _F("dmin", 1, 16, "fp16 super-scale of the mins"),
-                             _F("scales", 16, 6, "8 x (6-bit scale, 6-bit min)"),
-                             _F("qs", QK_K, 4, "4-bit codes"))),
-    QType("Q5_K", 13, QK_K, (_D, _F("dmin", 1, 16, "fp16 super-scale of the mins"),
-                             _F("scales", 16, 6, "8 x (6-bit scale, 6-bit min)"),
-                             _F("qh", QK_K, 1, "5th bit of each code"),
-                             _F("qs", QK_K, 4, "low 4 bits"))),
-    QType("Q6_K", 14, QK_K, (_F("ql", QK_K, 4, "low 4 bits"), _F("qh", QK_K, 2, "high 2 bits"),
-                             _F("scales", 16, 8, "16 x int8 scales"), _D)),
-    QType("IQ4_NL", 20, 32, (_D, _F("qs", 32, 4, "indices into the 16 IQ4 levels"))),
-    QType("IQ4_XS", 23, QK_K, (_D, _F("scales_h", 8, 2, "high 2 bits of 8 6-bit scales"),
-                               _F("scales_l", 8, 4, "low 4 bits of 8 6-bit scales"),
-                               _F("qs", QK_K, 4, "indices into the 16 IQ4 levels"))),
-]}
+# ---- layouts: the one table in qlearn.blocktypes ----------------------------------------------
+Field = blocktypes.Field      # one field of a block: count values of bits bits
+QType = blocktypes.BlockType  # a GGUF block type (block_size, type_size, bits_per_weight, layout)
+QTYPES: dict = blocktypes.GGUF_TYPES
 
 
 # ---- validation ------------------------------------------------------------------------------
@@ -1053,19 +982,10 @@ def dequantize(q: np.ndarray, qtype, backend: str = "numba") -> np.ndarray:
     _check_backend(backend)
     q = _check_q(q, t)
     if backend == "numba":
-        fast = _fast_dequantize()
-        if fast is not None:
-            return fast(q, t.name)
-    return dequantize_numpy(q, t)
-
-
-def _fast_dequantize():
-    """The numba dequantizer of qlearn.kernels (helper module), or None when absent."""
-    try:
         from qlearn import kernels
-    except ImportError:
-        return None
-    return getattr(kernels, "dequantize", None)
+
+        return kernels.dequantize(q, t.name)
+    return dequantize_numpy(q, t)
 
 
 # ---- looking inside a block ---------------------------------------------------------------------------
@@ -1087,7 +1007,9 @@ def describe_block(q: np.ndarray, qtype, row: int = 0, block: int = 0) -> dict:
     t = _qtype(qtype)
     q = _check_q(q, t)
     nblocks = q.shape[1] // t.type_size
-    if not (0 <= row < q.shape[0] and 0 <= block < nblocks):
+    if isinstance(row, bool) or isinstance(block, bool) \
+            or not isinstance(row, (int, np.integer)) or not isinstance(block, (int, np.integer)) \
+            or not (0 <= row < q.shape[0] and 0 <= block < nblocks):
         raise ValueError(f"row/block must be in [0, {q.shape[0]}) x [0, {nblocks}), got ({row}, {block})")
     b = q[row, block * t.type_size:(block + 1) * t.type_size][None, :]
     f = _fields(b, t)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from qlearn import uniform, validate
 from qlearn._checks import check_pair
 
 __all__ = ["int8_matmul", "vectorwise_quant", "Int8MatmulResult", "DEQUANT_CONST"]
@@ -49,6 +51,11 @@ class Int8MatmulResult:
 def vectorwise_quant(A: torch.Tensor, threshold: float = 0.0):
     """Row-wise absmax int8 quantization of a float16 matrix, with optional outlier columns.
 
+    The grid is :mod:`qlearn.uniform`'s ``"symmetric"`` at 8 bits, one block per row, with
+    bitsandbytes' arithmetic: the codes are ``round(a * (127 / absmax))``, where torch evaluates
+    ``127 / absmax`` as ``127 * (1 / absmax)`` (passed to the core as ``inv_scale``). A row that is all zero (after removing outliers) gets
+    codes 0.
+
     Args:
         A: (rows, cols) float16.
         threshold: elements with ``|a| >= threshold`` are outliers (0 disables). They are
@@ -57,6 +64,14 @@ def vectorwise_quant(A: torch.Tensor, threshold: float = 0.0):
     Returns:
         ``(codes (rows, cols) int8, row_absmax (rows,) float32, outlier_cols (k,) int64)``.
     """
+    if not isinstance(A, torch.Tensor) or A.dtype != torch.float16:
+        raise validate.ArgumentTypeError(f"A must be a float16 torch tensor, got "
+                        f"{A.dtype if isinstance(A, torch.Tensor) else type(A).__name__}")
+    if A.dim() != 2 or A.numel() == 0:
+        raise ValueError(f"A must be a non-empty (rows, cols) matrix, got shape {tuple(A.shape)}")
+    if not bool(torch.isfinite(A).all()):
+        raise ValueError("A must be finite, got NaN/Inf entries")
+    threshold = validate.number(threshold, "threshold", lo=0.0)
     A = A.clone()
     outlier_cols = torch.empty(0, dtype=torch.int64)
     if threshold > 0.0:
@@ -64,7 +79,13 @@ def vectorwise_quant(A: torch.Tensor, threshold: float = 0.0):
         outlier_cols = torch.argwhere(outliers.any(dim=0)).view(-1)
         A[outliers] = 0
     row_absmax = torch.max(A.abs(), dim=1).values.float()
-    codes = torch.round(A * (INT8_QMAX / row_absmax.unsqueeze(-1))).to(torch.int8)
+    absmax = row_absmax.numpy()[:, None]
+    safe = np.where(absmax > 0, absmax, np.float32(1.0))
+    inv = np.float32(INT8_QMAX) * (np.float32(1.0) / safe)  # torch's 127.0 / t is 127 * (1/t)
+    scale = safe / np.float32(INT8_QMAX)
+    q = uniform.quantize_affine(A.float().numpy(), scale, np.zeros(scale.shape, np.int32), 8,
+                                block_size=(1, A.shape[1]), mapping="symmetric", inv_scale=inv)
+    codes = torch.from_numpy(q.codes)
     if A.shape[0] > 1 and outlier_cols.numel():
         codes[:, outlier_cols] = 0
     return codes, row_absmax, outlier_cols

@@ -22,6 +22,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from qlearn import blocktypes
+
 __all__ = ["Field", "Layout", "FORMATS", "bits_per_weight", "ModelConfig", "MODELS",
            "weight_memory_bytes", "kv_cache_bytes", "fits_on_gpu", "max_context_that_fits",
            "gb", "gib", "BYTES_PER_GB", "BYTES_PER_GIB"]
@@ -30,8 +34,6 @@ BYTES_PER_GB = 10 ** 9  # SI gigabyte: disk sizes, model cards
 BYTES_PER_GIB = 2 ** 30  # binary gibibyte: GPU memory, nvidia-smi, torch.cuda
 BITS_PER_BYTE = 8
 FP32, FP16, INT8 = 32, 16, 8  # bit widths of the scalar types that appear in layouts
-QK_K = 256  # weights per GGUF k-quant super-block
-QK = 32  # weights per GGUF legacy block (Q4_0, Q8_0, ...)
 NF4_BLOCK = 64  # bitsandbytes' default 4-bit blocksize
 NF4_DQ_BLOCK = 256  # bitsandbytes' double-quant blocksize (absmax values per second-level scale)
 
@@ -48,13 +50,7 @@ def gib(n_bytes: float) -> float:
 
 # --- storage formats ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Field:
-    """``count`` values of ``bits`` bits each, stored per block (``name`` says what they are)."""
-
-    name: str
-    count: int
-    bits: int
+Field = blocktypes.Field  # count values of bits bits per block (what they are)
 
 
 @dataclass(frozen=True)
@@ -83,6 +79,12 @@ def _plain(name: str, bits: int) -> Layout:
     return Layout(name, 1, (Field("value", 1, bits),), f"one {bits}-bit number per weight")
 
 
+def _from_table(t: blocktypes.BlockType) -> Layout:
+    """A :mod:`qlearn.blocktypes` entry as a Layout, its fields under their printed labels."""
+    return Layout(t.name, t.block_size, tuple(Field(f.label, f.count, f.bits) for f in t.fields),
+                  t.note)
+
+
 def _int_per_group(bits: int, group: int, zero_bits: int | None) -> Layout:
     fields = [Field("codes", group, bits), Field("fp16 scale", 1, FP16)]
     if zero_bits:
@@ -102,38 +104,10 @@ _LAYOUTS = [
     _int_per_group(8, 128, None), _int_per_group(4, 128, None), _int_per_group(4, 128, 4),
     _int_per_group(4, 128, FP16), _int_per_group(4, 32, None), _int_per_group(3, 128, 3),
     _int_per_group(2, 64, 2),
-    # GGUF legacy blocks of 32 weights (ggml-common.h block_q*_0 / block_q*_1)
-    Layout("Q8_0", QK, (Field("fp16 d", 1, FP16), Field("int8 codes", QK, 8)), "x = d*q"),
-    Layout("Q4_0", QK, (Field("fp16 d", 1, FP16), Field("4-bit codes", QK, 4)), "x = d*(q-8)"),
-    Layout("Q4_1", QK, (Field("fp16 d", 1, FP16), Field("fp16 m", 1, FP16),
-                        Field("4-bit codes", QK, 4)), "x = d*q + m"),
-    Layout("Q5_0", QK, (Field("fp16 d", 1, FP16), Field("high bits", QK, 1),
-                        Field("low 4 bits", QK, 4)), "x = d*(q-16)"),
-    Layout("Q5_1", QK, (Field("fp16 d", 1, FP16), Field("fp16 m", 1, FP16),
-                        Field("high bits", QK, 1), Field("low 4 bits", QK, 4)), "x = d*q + m"),
-    # GGUF k-quants: super-blocks of 256 weights in sub-blocks of 16 or 32
-    Layout("Q2_K", QK_K, (Field("4-bit scales+mins", 2 * 16, 4), Field("2-bit codes", QK_K, 2),
-                          Field("fp16 d", 1, FP16), Field("fp16 dmin", 1, FP16)),
-           "16 sub-blocks of 16"),
-    Layout("Q3_K", QK_K, (Field("high-bit mask", QK_K, 1), Field("low 2 bits", QK_K, 2),
-                          Field("6-bit scales", 16, 6), Field("fp16 d", 1, FP16)),
-           "16 sub-blocks of 16"),
-    Layout("Q4_K", QK_K, (Field("fp16 d", 1, FP16), Field("fp16 dmin", 1, FP16),
-                          Field("6-bit scales+mins", 2 * 8, 6), Field("4-bit codes", QK_K, 4)),
-           "8 sub-blocks of 32"),
-    Layout("Q5_K", QK_K, (Field("fp16 d", 1, FP16), Field("fp16 dmin", 1, FP16),
-                          Field("6-bit scales+mins", 2 * 8, 6), Field("high bits", QK_K, 1),
-                          Field("low 4 bits", QK_K, 4)), "8 sub-blocks of 32"),
-    Layout("Q6_K", QK_K, (Field("low 4 bits", QK_K, 4), Field("high 2 bits", QK_K, 2),
-                          Field("int8 scales", 16, INT8), Field("fp16 d", 1, FP16)),
-           "16 sub-blocks of 16"),
-    # bitsandbytes 4-bit (NF4 / FP4)
-    Layout("NF4", NF4_BLOCK, (Field("4-bit codes", NF4_BLOCK, 4), Field("fp32 absmax", 1, FP32)),
-           "bitsandbytes blocksize 64"),
-    Layout("NF4 + double quant", NF4_BLOCK * NF4_DQ_BLOCK,
-           (Field("4-bit codes", NF4_BLOCK * NF4_DQ_BLOCK, 4),
-            Field("8-bit absmax", NF4_DQ_BLOCK, INT8), Field("fp32 absmax scale", 1, FP32)),
-           "absmax of 256 blocks quantized to 8 bits with one fp32 scale"),
+    # GGUF blocks (legacy, k-quants, IQ4) and bitsandbytes 4-bit: from qlearn.blocktypes
+    *(_from_table(t) for t in blocktypes.GGUF_TYPES.values()),
+    _from_table(blocktypes.nf4_type(NF4_BLOCK)),
+    _from_table(blocktypes.nf4_type(NF4_BLOCK, True, NF4_DQ_BLOCK)),
 ]
 
 FORMATS: dict[str, Layout] = {lay.name: lay for lay in _LAYOUTS}
@@ -155,8 +129,9 @@ def bits_per_weight(fmt: str | Layout) -> float:
 
 def weight_memory_bytes(n_params: float, fmt: str | Layout) -> float:
     """Bytes to store ``n_params`` weights in ``fmt`` (every weight in that format)."""
-    if not n_params >= 0:
-        raise ValueError(f"n_params must be a non-negative count, got {n_params}")
+    if isinstance(n_params, bool) or not isinstance(n_params, (int, float, np.integer, np.floating)) \
+            or not 0 < n_params < math.inf:
+        raise ValueError(f"n_params must be a positive finite count, got {n_params!r}")
     return n_params * bits_per_weight(fmt) / BITS_PER_BYTE
 
 
@@ -264,7 +239,14 @@ def fits_on_gpu(model: str | ModelConfig, fmt: str | Layout, gpu_memory_gib: flo
     ``reserve_gib`` (activations, CUDA context) fit in ``gpu_memory_gib``?"""
     m = _model(model)
     need = weight_memory_bytes(m.n_params, fmt) + m.kv_cache_bytes(context, batch, kv_bytes_per_element)
+    _check_gib(gpu_memory_gib, "gpu_memory_gib")
     return need + reserve_gib * BYTES_PER_GIB <= gpu_memory_gib * BYTES_PER_GIB
+
+
+def _check_gib(v, name: str) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+            or not 0 < v < math.inf:
+        raise ValueError(f"{name} must be a positive finite number of GiB, got {v!r}")
 
 
 def max_context_that_fits(model: str | ModelConfig, fmt: str | Layout, gpu_memory_gib: float,

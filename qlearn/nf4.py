@@ -37,6 +37,8 @@ import numba
 import numpy as np
 import torch
 
+from qlearn import validate
+
 __all__ = [
     "NF4_CODE", "FP4_CODE", "INT4_CODE", "BLOCKSIZES", "QUANT_TYPES", "NESTED_BLOCKSIZE",
     "nf4_code_from_quantiles", "dynamic_code", "QuantState", "quantize_4bit", "dequantize_4bit",
@@ -221,6 +223,48 @@ class QuantState:
     def nested(self) -> bool:
         return self.nested_absmax is not None
 
+    def check(self) -> "QuantState":
+        """Raise ValueError unless the fields agree with each other (shapes, dtypes, nesting);
+        run on load (:meth:`from_dict`) and before dequantizing."""
+        _check_args(self.blocksize, self.quant_type)
+        shape = tuple(self.shape)
+        if not shape or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1
+                            for d in shape):
+            raise ValueError(f"state.shape must be a tuple of positive ints, got {self.shape!r}")
+        n_blocks = -(-math.prod(shape) // self.blocksize)
+        absmax = np.asarray(self.absmax)
+        if absmax.shape != (n_blocks,):
+            raise ValueError(f"state.absmax must have shape ({n_blocks},) for {shape} in blocks "
+                             f"of {self.blocksize}, got {absmax.shape}")
+        _check_code_book(self.code, "state.code", 16)
+        if self.dtype not in _FLOAT_TORCH.values():
+            raise ValueError(f"state.dtype must be one of {tuple(_FLOAT_TORCH.values())}, got "
+                             f"{self.dtype!r}")
+        if not self.nested:
+            if absmax.dtype != np.float32:
+                raise ValueError(f"state.absmax must be float32 when not compressed, got "
+                                 f"{absmax.dtype}" + (" (uint8 nested codes: the compressed state "
+                                                      "is missing nested_absmax)"
+                                                      if absmax.dtype == np.uint8 else ""))
+            if not (np.isfinite(absmax).all() and (absmax >= 0).all()):
+                raise ValueError("state.absmax must be finite and >= 0")
+            return self
+        if absmax.dtype != np.uint8:
+            raise ValueError(f"a compressed state's absmax holds uint8 nested codes, got "
+                             f"{absmax.dtype}")
+        nbs = self.nested_blocksize
+        if isinstance(nbs, bool) or not isinstance(nbs, (int, np.integer)) or nbs < 1:
+            raise ValueError(f"state.nested_blocksize must be a positive int, got {nbs!r}")
+        nested = np.asarray(self.nested_absmax)
+        want = (-(-n_blocks // nbs),)
+        if nested.shape != want or nested.dtype != np.float32 or not np.isfinite(nested).all():
+            raise ValueError(f"state.nested_absmax must be finite float32 of shape {want}, got "
+                             f"{nested.shape} {nested.dtype}")
+        _check_code_book(self.nested_code, "state.nested_code", 256)
+        if self.offset is None or not np.isfinite(np.float32(self.offset)):
+            raise ValueError(f"a compressed state needs a finite offset, got {self.offset!r}")
+        return self
+
     def absmax_dequant(self) -> np.ndarray:
         """(n_blocks,) float32: the per-block scale dequantization uses."""
         if not self.nested:
@@ -257,25 +301,43 @@ class QuantState:
         if len(keys) != 1:
             raise ValueError(f"expected exactly one 'quant_state.bitsandbytes__nf4|fp4' entry, "
                              f"got {keys} (pass the tensors saved by as_dict())")
-        meta = json.loads(bytes(np.asarray(d[keys[0]], dtype=np.uint8)).decode("utf-8"))
+        try:
+            meta = json.loads(bytes(np.asarray(d[keys[0]], dtype=np.uint8)).decode("utf-8"))
+        except (ValueError, TypeError, OverflowError) as e:
+            raise ValueError(f"corrupt quant state: {keys[0]} is not JSON bytes ({e})") from None
+        need = {"quant_type", "blocksize", "dtype", "shape"}
+        nested = "nested_absmax" in d
+        missing = sorted((need | ({"nested_offset"} if nested else set())) - set(meta)) + \
+            sorted({"absmax", "quant_map"} - set(d)) + \
+            (["nested_quant_map"] if nested and "nested_quant_map" not in d else [])
+        if missing:
+            raise ValueError(f"corrupt quant state: missing {missing}")
+        if not nested and np.asarray(d["absmax"]).dtype in (np.uint8, torch.uint8):
+            raise ValueError("corrupt quant state: absmax holds uint8 nested codes but "
+                             "nested_absmax is missing")
 
         def arr(k):
             v = d[k]
             return v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
 
-        nested = "nested_absmax" in d
         return cls(absmax=arr("absmax"),
                    nested_absmax=arr("nested_absmax") if nested else None,
                    offset=np.float32(meta["nested_offset"]) if nested else None,
                    blocksize=int(meta["blocksize"]), quant_type=meta["quant_type"],
                    shape=tuple(meta["shape"]), dtype=meta["dtype"], code=arr("quant_map"),
                    nested_code=arr("nested_quant_map") if nested else None,
-                   nested_blocksize=int(meta.get("nested_blocksize", NESTED_BLOCKSIZE)))
+                   nested_blocksize=int(meta.get("nested_blocksize", NESTED_BLOCKSIZE))).check()
 
 
 # ---------------------------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------------------------
+
+def _check_code_book(code, name: str, n: int) -> None:
+    c = np.asarray(code)
+    if c.shape != (n,) or c.dtype != np.float32:
+        raise ValueError(f"{name} must be a ({n},) float32 code book, got {c.shape} {c.dtype}")
+
 
 _FLOAT_TORCH = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -515,6 +577,7 @@ def quantize_4bit(x, blocksize: int = 64, quant_type: str = "nf4",
     """
     _check_args(blocksize, quant_type)
     _check_backend(backend)
+    compress_statistics = validate.flag(compress_statistics, "compress_statistics")
     flat, dtype, is_torch = _as_f32(x)
     _check_values(flat)
     shape = tuple(x.shape)
@@ -551,7 +614,7 @@ def dequantize_4bit(packed, state: QuantState, *, backend: str = "numba", out=No
     _check_backend(backend)
     if not isinstance(state, QuantState):
         raise ValueError(f"state must be a qlearn.nf4.QuantState, got {type(state).__name__}")
-    _check_args(state.blocksize, state.quant_type)
+    state.check()
     is_torch = isinstance(packed, torch.Tensor)
     p = packed.detach().cpu().reshape(-1).numpy() if is_torch else np.asarray(packed).reshape(-1)
     if p.dtype != np.uint8:
@@ -559,8 +622,8 @@ def dequantize_4bit(packed, state: QuantState, *, backend: str = "numba", out=No
                          f"returned)")
     n = math.prod(state.shape)
     if p.size * 2 != n:
-        raise ValueError(f"packed has {p.size} bytes but state.shape {state.shape} needs "
-                         f"{n // 2} (n/2); packed data and state do not belong together")
+        raise ValueError(f"packed must have {n // 2} bytes (n/2) for state.shape {state.shape}, "
+                         f"got {p.size}: packed data and state do not belong together")
     nblocks = -(-n // state.blocksize)
     if state.absmax.size != nblocks:
         raise ValueError(f"state.absmax has {state.absmax.size} entries, expected {nblocks} "
@@ -625,9 +688,11 @@ def bits_per_weight(blocksize: int = 64, compress_statistics: bool = False,
     it, one 8-bit code per block plus a float32 scale per ``nested_blocksize`` blocks
     (the single float32 offset per tensor is negligible and not counted).
     """
-    if not compress_statistics:
-        return 4 + 32 / blocksize
-    return 4 + 8 / blocksize + 32 / (blocksize * nested_blocksize)
+    from qlearn import blocktypes
+
+    _check_args(blocksize, "nf4")
+    return blocktypes.nf4_type(blocksize, bool(compress_statistics),
+                               nested_blocksize).bits_per_weight
 
 
 # ---------------------------------------------------------------------------------------------

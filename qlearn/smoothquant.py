@@ -16,8 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from qlearn import uniform, validate
 from qlearn._checks import check_matrix, check_pair
 
 __all__ = ["act_scales", "weight_scales", "smooth_scales", "smooth", "fake_quant_w8a8",
@@ -67,6 +69,16 @@ def _check_alpha(alpha) -> float:
     return float(alpha)
 
 
+def _vector(v, name: str) -> torch.Tensor:
+    """A 1-D float statistic as a (1, n) float32 tensor (numpy or torch in)."""
+    if isinstance(v, np.ndarray):
+        v = torch.from_numpy(validate.float_array(v, name, ndim=1, allow_empty=True))
+    if not isinstance(v, torch.Tensor):
+        raise validate.ArgumentTypeError(f"{name} must be a 1-D float tensor, got "
+                                         f"{type(v).__name__}")
+    return v.reshape(1, -1)
+
+
 def smooth_scales(act_scales, weight_scales, alpha: float = 0.5) -> torch.Tensor:
     """SmoothQuant's factors ``s = clamp(act^alpha / weight^(1 - alpha), 1e-5)``.
 
@@ -77,8 +89,8 @@ def smooth_scales(act_scales, weight_scales, alpha: float = 0.5) -> torch.Tensor
     Returns:
         (in_features,) float32.
     """
-    a = check_matrix(torch.as_tensor(act_scales).reshape(1, -1), "act_scales", "(in_features,)")[0]
-    w = check_matrix(torch.as_tensor(weight_scales).reshape(1, -1), "weight_scales",
+    a = check_matrix(_vector(act_scales, "act_scales"), "act_scales", "(in_features,)")[0]
+    w = check_matrix(_vector(weight_scales, "weight_scales"), "weight_scales",
                      "(in_features,)")[0]
     if a.shape != w.shape:
         raise ValueError(f"act_scales and weight_scales must have the same length, got "
@@ -100,7 +112,7 @@ def smooth(norm: torch.nn.Module, linears, scales) -> None:
         scales: (in_features,) float32.
     """
     linears = list(linears)
-    s = check_matrix(torch.as_tensor(scales).reshape(1, -1), "scales", "(in_features,)")[0]
+    s = check_matrix(_vector(scales, "scales"), "scales", "(in_features,)")[0]
     if getattr(norm, "weight", None) is None or norm.weight.shape != s.shape:
         raise ValueError(f"norm must have a weight of shape {tuple(s.shape)}, got "
                          f"{None if getattr(norm, 'weight', None) is None else tuple(norm.weight.shape)}")
@@ -116,22 +128,24 @@ def smooth(norm: torch.nn.Module, linears, scales) -> None:
             fc.weight.mul_(s.view(1, -1))
 
 
-def absmax_fake_quant(t: torch.Tensor, mode: str, n_bits: int = 8) -> torch.Tensor:
+@validate.renamed(n_bits="bits")
+def absmax_fake_quant(t: torch.Tensor, mode: str, bits: int = 8) -> torch.Tensor:
     """Dynamic symmetric absmax fake quantization (upstream ``quantize_*_absmax``).
 
     ``scale = clamp(absmax, 1e-5) / 127``, ``t -> round(t / scale) * scale``, with absmax per row
     (``"per_channel"`` of a weight, ``"per_token"`` of activations) or over the tensor
-    (``"per_tensor"``). ``t: (rows, cols) float32``; returns a new tensor.
+    (``"per_tensor"``): :mod:`qlearn.uniform`'s ``"symmetric"`` grid with a range floor of
+    1e-5. ``t: (rows, cols) float32``; returns a new tensor. ``n_bits=`` is a deprecated alias
+    of ``bits=``.
     """
-    q_max = 2 ** (n_bits - 1) - 1
-    if mode == "per_tensor":
-        scales = t.abs().max()
-    elif mode in ("per_channel", "per_token"):
-        scales = t.abs().max(dim=-1, keepdim=True)[0]
-    else:
-        raise ValueError(f"mode must be 'per_tensor', 'per_channel' or 'per_token', got {mode!r}")
-    scales = scales.clamp(min=STAT_FLOOR).div(q_max)
-    return t.div(scales).round_().mul_(scales)
+    t = check_matrix(t, "t", "(rows, cols)")
+    bits = validate.bits(bits, lo=2, hi=8)
+    mode = validate.choice(mode, "mode", ("per_tensor", "per_channel", "per_token"))
+    x = t.detach().numpy()
+    bs = x.shape if mode == "per_tensor" else (1, x.shape[1])
+    scale, zero = uniform.choose_qparams(x, bits, bs, "symmetric", range_floor=STAT_FLOOR)
+    q = uniform.quantize_affine(x, scale, zero, bits, block_size=bs, mapping="symmetric")
+    return torch.from_numpy(q.dequantize())
 
 
 @dataclass

@@ -40,7 +40,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["QTensor", "quantize", "quantize_affine", "dequantize", "fake_quantize",
+from qlearn.validate import ArgumentTypeError
+
+__all__ = ["QTensor", "Mapping", "MAPPINGS", "choose_qparams", "qparams_from_range",
+           "quantize", "quantize_affine", "dequantize", "dequantize_affine", "fake_quantize",
            "block_size_for", "code_range", "sqnr_db", "rule_of_thumb_sqnr_db",
            "theoretical_distortion", "theoretical_sqnr_db", "optimal_clip",
            "sample_distribution", "GRANULARITIES", "DISTRIBUTIONS", "MIN_BITS", "MAX_BITS"]
@@ -115,19 +118,17 @@ def _check_block_size(shape: tuple[int, ...], block_size: Any) -> tuple[int, ...
         if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
             raise ValueError(f"block_size entries must be positive integers, got {bs}")
         if n % b:
-            raise ValueError(f"block_size {bs} must divide the shape {tuple(shape)}: dimension {d} "
-                             f"has {n} elements, not a multiple of {b} (pad x or pick a divisor "
-                             f"of {n})")
+            raise ValueError(f"block_size must divide the shape {tuple(shape)}, got {bs}: "
+                             f"dimension {d} has {n} elements, not a multiple of {b} (pad x or "
+                             f"pick a divisor of {n})")
     return tuple(int(b) for b in bs)
 
 
-def code_range(bits: int, symmetric: bool) -> tuple[int, int]:
+def code_range(bits: int, symmetric: bool = True, mapping: str | None = None) -> tuple[int, int]:
     """The integer codes ``(qmin, qmax)``: restricted ``(-(2^(b-1)-1), 2^(b-1)-1)`` when symmetric,
-    ``(0, 2^b - 1)`` when asymmetric."""
-    bits = _check_bits(bits)
-    if symmetric:
-        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
-    return 0, 2 ** bits - 1
+    ``(0, 2^b - 1)`` when asymmetric; ``mapping`` (a key of :data:`MAPPINGS`) overrides
+    ``symmetric``."""
+    return _mapping(mapping, symmetric).code_range(bits)
 
 
 # --- granularity -------------------------------------------------------------------------------
@@ -164,11 +165,13 @@ def block_size_for(shape: tuple[int, ...], granularity: str,
             raise ValueError(f"per_channel needs at least 2 dimensions (out, in), got shape {shape} "
                              f"(a 1-D vector is one channel: use 'per_tensor')")
         return lead + (shape[-1],)
-    if group_size is None or isinstance(group_size, bool) or int(group_size) < 1:
+    if group_size is None or isinstance(group_size, bool) \
+            or not isinstance(group_size, (int, np.integer)) or group_size < 1:
         raise ValueError(f"per_group needs a positive group_size, got {group_size!r} (e.g. 128)")
     if shape[-1] % int(group_size):
-        raise ValueError(f"group_size must divide the last dimension: {shape[-1]} is not a multiple "
-                         f"of {group_size} (pad the rows or pick a divisor of {shape[-1]})")
+        raise ValueError(f"group_size must divide the last dimension, got {group_size}: "
+                         f"{shape[-1]} is not a multiple of {group_size} (pad the rows or pick "
+                         f"a divisor of {shape[-1]})")
     return lead + (int(group_size),)
 
 
@@ -189,20 +192,110 @@ def _expand(p: np.ndarray, ndim: int) -> np.ndarray:
     return np.expand_dims(p, _block_axes(ndim))
 
 
+# --- mappings: the integer grids upstream tools use ---------------------------------------------
+
+@dataclass(frozen=True)
+class Mapping:
+    """One integer grid: which codes exist, how a block's range becomes a scale and zero point.
+
+    Fields:
+        name: the key in :data:`MAPPINGS`.
+        signed: codes are signed (int8) around a zero point of 0, else unsigned (uint8) 0..2^b-1.
+        widen_to_zero: the block range is widened to contain 0 (so 0 is exactly a level).
+        range_floor: the block range (absmax or max - min) is floored at this before dividing
+            (0.0: no floor; a zero-range block then gets the mapping's empty rule).
+        upstream: the tools whose arithmetic this mapping reproduces.
+        rule: one line stating scale and zero point.
+    """
+
+    name: str
+    signed: bool
+    widen_to_zero: bool
+    range_floor: float
+    upstream: str
+    rule: str
+
+    def code_range(self, bits: int) -> tuple[int, int]:
+        """``(qmin, qmax)`` for ``bits`` (restricted signed range, or 0..2^b-1)."""
+        bits = _check_bits(bits)
+        if self.signed:
+            return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+        return 0, 2 ** bits - 1
+
+    def fixed_zero_point(self, bits: int) -> int | None:
+        """The zero point every block has (``None`` when it is chosen per block)."""
+        if self.name == "symmetric":
+            return 0
+        if self.name == "symmetric_offset":
+            return 2 ** (_check_bits(bits) - 1)
+        return None
+
+
+AWQ_SCALE_FLOOR = 1e-5  # llm-awq/AutoAWQ clamp max - min at 1e-5 before dividing by 2^b - 1
+EMPTY_RANGE = 1.0       # GPTQ's quantizer gives an all-zero block the range [-1, 1]
+
+MAPPINGS: dict[str, Mapping] = {m.name: m for m in (
+    Mapping("symmetric", True, True, 0.0,
+            "PyTorch qint8 symmetric observers, SmoothQuant, LLM.int8() (bitsandbytes)",
+            "codes -(2^(b-1)-1)..2^(b-1)-1, zero 0, scale = clip * max|x| / (2^(b-1)-1); "
+            "an all-zero block gets scale 1"),
+    Mapping("symmetric_offset", False, True, 0.0,
+            "the GPTQ reference (IST-DASLab/gptq, AutoGPTQ sym=True)",
+            "codes 0..2^b-1, zero 2^(b-1), scale = 2 * max|x| / (2^b-1) (range [-m, m]; a block "
+            "with no negative value keeps [0, max]); an all-zero block gets [-1, 1]"),
+    Mapping("asymmetric", False, True, 0.0,
+            "GPTQ sym=False, torchao asymmetric",
+            "codes 0..2^b-1, range [min(x, 0), max(x, 0)] * clip, scale = range / (2^b-1), "
+            "zero = round(-min / scale); an all-zero block gets [-1, 1]"),
+    Mapping("asymmetric_minmax", False, False, AWQ_SCALE_FLOOR,
+            "AWQ (llm-awq pseudo_quantize_tensor, AutoAWQ)",
+            "codes 0..2^b-1, range [min(x), max(x)] * clip NOT widened to 0, scale = "
+            "max(range, 1e-5) / (2^b-1), zero = clamp(-round(min / scale), 0, 2^b-1)"),
+)}
+
+
+def _mapping(mapping: Any, symmetric: Any = True) -> Mapping:
+    """Resolve a mapping name (``None``: from the legacy ``symmetric`` flag)."""
+    if mapping is None:
+        if not isinstance(symmetric, (bool, np.bool_)):
+            raise ArgumentTypeError(f"symmetric must be True or False, got {symmetric!r}")
+        return MAPPINGS["symmetric" if symmetric else "asymmetric"]
+    if isinstance(mapping, Mapping):
+        return mapping
+    if not isinstance(mapping, str) or mapping not in MAPPINGS:
+        raise ValueError(f"mapping must be one of {tuple(MAPPINGS)}, got {mapping!r}")
+    return MAPPINGS[mapping]
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype (the compute precision) must be float32 or float64, got {dt}")
+    return dt
+
+
+def _check_floor(range_floor: Any) -> float:
+    if isinstance(range_floor, bool) or not isinstance(range_floor, (int, float, np.floating)) \
+            or not (0.0 <= float(range_floor) < math.inf):
+        raise ValueError(f"range_floor must be a finite number >= 0, got {range_floor!r}")
+    return float(range_floor)
+
+
 # --- quantize / dequantize ---------------------------------------------------------------------
 
 @dataclass
 class QTensor:
-    """A uniformly quantized tensor.
+    """A uniformly quantized tensor (the one result convention every method extends).
 
     Fields:
-        codes: ``shape`` int8 (symmetric) or uint8 (asymmetric) integer codes.
+        codes: ``shape`` int8 (signed mapping) or uint8 (the others) integer codes.
         scale: ``(shape[0] // block_size[0], shape[1] // block_size[1], ...)`` float32, one per block.
-        zero_point: same shape as ``scale``, int32 (all zeros when symmetric).
+        zero_point: same shape as ``scale``, int32 (all zeros for ``"symmetric"``).
         bits: bit width, 2..8.
-        symmetric: True for the restricted symmetric grid, False for the asymmetric one.
+        symmetric: True for the restricted symmetric grid (``mapping == "symmetric"``).
         block_size: the block shape each scale covers (see the module docstring).
         shape: shape of the original tensor.
+        mapping: the grid's name in :data:`MAPPINGS`.
     """
 
     codes: np.ndarray
@@ -212,80 +305,269 @@ class QTensor:
     symmetric: bool
     block_size: tuple[int, ...]
     shape: tuple[int, ...]
+    mapping: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mapping is None:
+            self.mapping = "symmetric" if self.symmetric else "asymmetric"
 
     def dequantize(self) -> np.ndarray:
         """Same as :func:`dequantize` (``shape`` float32)."""
         return dequantize(self)
 
 
-def _choose_params(xb: np.ndarray, ndim: int, bits: int, symmetric: bool,
-                   clip: float) -> tuple[np.ndarray, np.ndarray]:
-    """Scale (float32) and zero point (int32) per block of the blocked view ``xb``."""
-    axes = _block_axes(ndim)
-    qmin, qmax = code_range(bits, symmetric)
-    clip32 = np.float32(clip)
-    if symmetric:
-        absmax = np.abs(xb).max(axis=axes) * clip32
-        scale = absmax / np.float32(qmax)
-        zero_point = np.zeros(scale.shape, np.int32)
-    else:
-        lo = np.minimum(xb.min(axis=axes), np.float32(0)) * clip32
-        hi = np.maximum(xb.max(axis=axes), np.float32(0)) * clip32
-        with np.errstate(over="ignore"):
-            scale = (hi - lo) / np.float32(qmax - qmin)
-        if not np.isfinite(scale).all():
-            raise ValueError("the range max(x) - min(x) overflows float32 (values near 3.4e38); "
-                             "rescale x before quantizing")
-        safe = np.where(scale > 0, scale, np.float32(ALL_ZERO_SCALE))
-        zero_point = np.clip(qmin - np.rint(lo / safe), qmin, qmax).astype(np.int32)
-    scale = np.where(scale > 0, scale, np.float32(ALL_ZERO_SCALE)).astype(np.float32)
+def _range_array(v: Any, name: str, dt: np.dtype) -> np.ndarray:
+    if _is_torch(v):
+        v = v.detach().to("cpu").numpy()
+    if isinstance(v, (float, np.floating)):
+        v = np.asarray(v)
+    if not isinstance(v, np.ndarray) or v.dtype.kind != "f":
+        raise ArgumentTypeError(f"{name} must be a float array of block minima/maxima, got "
+                                f"{getattr(v, 'dtype', type(v).__name__)}")
+    return v.astype(dt, copy=False)
+
+
+def qparams_from_range(lo: Any, hi: Any, bits: int, mapping: str = "symmetric",
+                       clip: float = 1.0, *, range_floor: float | None = None,
+                       dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point of each block from its raw ``min`` (``lo``) and ``max`` (``hi``).
+
+    This is the policy half of the core (the mechanism is :func:`quantize_affine`); the
+    arithmetic of each mapping follows its upstream tool operation by operation (see
+    :data:`MAPPINGS`), so the results are the same float32 bits.
+
+    Args:
+        lo, hi: per-block minimum and maximum, same shape (any), ``lo <= hi``.
+        bits: 2..8. mapping: a key of :data:`MAPPINGS`. clip: fraction of the range kept, (0, 1].
+        range_floor: overrides the mapping's floor on the range (SmoothQuant: 1e-5 on absmax).
+        dtype: compute precision, float32 (default, as the tools) or float64.
+    Returns:
+        ``(scale, zero_point)``: ``lo.shape`` ``dtype`` (positive) and int32.
+    """
+    if mapping is None:
+        raise ValueError(f"mapping must be one of {tuple(MAPPINGS)}, got None")
+    m = _mapping(mapping)
+    bits = _check_bits(bits)
+    clip = _check_clip(clip)
+    dt = _check_dtype(dtype)
+    floor = m.range_floor if range_floor is None else _check_floor(range_floor)
+    lo, hi = _range_array(lo, "lo", dt), _range_array(hi, "hi", dt)
+    if lo.shape != hi.shape:
+        raise ValueError(f"lo and hi must have the same shape, got {lo.shape} and {hi.shape}")
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        raise ValueError("lo and hi must be finite, got a block min/max of NaN or Inf")
+    if (lo > hi).any():
+        raise ValueError("lo must be <= hi in every block, got a block with lo > hi")
+    qmin, qmax = m.code_range(bits)
+    c = dt.type(clip)
+    zero = dt.type(0)
+    with np.errstate(over="ignore"):
+        if m.name == "symmetric":
+            absmax = np.maximum(np.abs(lo), np.abs(hi)) * c
+            if floor > 0:
+                absmax = np.maximum(absmax, dt.type(floor))
+            scale = absmax / dt.type(qmax)
+            zero_point = np.zeros(scale.shape, np.int32)
+        else:
+            if m.widen_to_zero:
+                xmin, xmax = np.minimum(lo, zero), np.maximum(hi, zero)
+            else:
+                xmin, xmax = lo, hi
+            if m.name == "symmetric_offset":
+                xmax = np.maximum(np.abs(xmin), xmax)
+                xmin = np.where(xmin < 0, -xmax, xmin)
+            if m.widen_to_zero:
+                empty = (xmin == 0) & (xmax == 0)
+                xmin = np.where(empty, dt.type(-EMPTY_RANGE), xmin)
+                xmax = np.where(empty, dt.type(EMPTY_RANGE), xmax)
+            xmin, xmax = xmin * c, xmax * c
+            span = xmax - xmin
+            if floor > 0:
+                span = np.maximum(span, dt.type(floor))
+            scale = span / dt.type(qmax - qmin)
+            if not np.isfinite(scale).all():
+                raise ValueError("the range max(x) - min(x) overflows float32 (values near "
+                                 "3.4e38); rescale x before quantizing")
+            safe = np.where(scale > 0, scale, dt.type(ALL_ZERO_SCALE))
+            if m.name == "symmetric_offset":
+                zero_point = np.full(scale.shape, 2 ** (bits - 1), np.int32)
+            else:
+                zero_point = np.clip(-np.rint(xmin / safe), qmin, qmax).astype(np.int32)
+    scale = np.where(scale > 0, scale, dt.type(ALL_ZERO_SCALE)).astype(dt)
     return scale, zero_point
 
 
+def choose_qparams(x: Any, bits: int, block_size: tuple[int, ...] | None = None,
+                   mapping: str = "symmetric", clip: float = 1.0, *,
+                   range_floor: float | None = None,
+                   dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point of every block of ``x`` for a named grid (torchao's
+    ``choose_qparams_affine``, with this package's mappings).
+
+    Args:
+        x: any shape, float (numpy or torch), finite and non-empty.
+        bits: 2..8. block_size: one entry per dimension (``None``: per tensor).
+        mapping: a key of :data:`MAPPINGS`. clip: fraction of each block's range, (0, 1].
+        range_floor: overrides the mapping's floor on the range. dtype: compute precision.
+    Returns:
+        ``(scale, zero_point)``, each of shape ``x.shape // block_size``: float32 (``dtype``)
+        and int32.
+    """
+    if mapping is None:
+        raise ValueError(f"mapping must be one of {tuple(MAPPINGS)}, got None")
+    _mapping(mapping)
+    arr = _to_numpy_float32(x, keep_float64=np.dtype(dtype) == np.float64)
+    arr = arr.astype(_check_dtype(dtype), copy=False)
+    bs = _check_block_size(arr.shape, block_size)
+    xb = _blocked(arr, bs)
+    axes = _block_axes(arr.ndim)
+    return qparams_from_range(xb.min(axis=axes), xb.max(axis=axes), bits, mapping, clip,
+                              range_floor=range_floor, dtype=dtype)
+
+
+def _check_zero_point(zp: Any, n_blocks: tuple[int, ...], m: Mapping, bits: int) -> np.ndarray:
+    zp = np.asarray(zp)
+    if zp.size != math.prod(n_blocks):
+        raise ValueError(f"zero_point must have one entry per block, shape {n_blocks}, got "
+                         f"{zp.shape}")
+    if zp.dtype.kind not in "iuf" or zp.dtype == np.bool_:
+        raise ArgumentTypeError(f"zero_point must be integers, got dtype {zp.dtype}")
+    if zp.dtype.kind == "f" and not (np.isfinite(zp).all() and (zp == np.round(zp)).all()):
+        raise ValueError("zero_point must hold whole numbers (integer codes), got a fractional "
+                         "or non-finite value (round it first)")
+    qmin, qmax = m.code_range(bits)
+    if zp.size and ((zp < qmin).any() or (zp > qmax).any()):
+        raise ValueError(f"zero_point must lie in the code range [{qmin}, {qmax}] of "
+                         f"{m.name!r} at {bits} bits, got values from {zp.min()} to {zp.max()}")
+    fixed = m.fixed_zero_point(bits)
+    if fixed is not None and zp.size and (zp != fixed).any():
+        raise ValueError(f"mapping {m.name!r} fixes the zero point at {fixed}, got values from "
+                         f"{zp.min()} to {zp.max()}")
+    return zp.reshape(n_blocks).astype(np.int32)
+
+
+def _check_scale(scale: Any, n_blocks: tuple[int, ...], dt: np.dtype, name: str = "scale"):
+    if np.size(scale) != math.prod(n_blocks):
+        raise ValueError(f"{name} must have one entry per block, shape {n_blocks}, got "
+                         f"{np.shape(scale)}")
+    s = np.asarray(scale)
+    if s.dtype.kind not in "fiu" or s.dtype == np.bool_:
+        raise ArgumentTypeError(f"{name} must be a float array, got dtype {s.dtype}")
+    s = s.astype(dt).reshape(n_blocks)
+    if not (np.isfinite(s).all() and (s > 0).all()):
+        bad = s[~(np.isfinite(s) & (s > 0))]
+        raise ValueError(f"{name} must be finite and positive in every block, got "
+                         f"{bad.size} block(s) with {bad.reshape(-1)[0]!r}")
+    return s
+
+
 def quantize_affine(x: Any, scale: Any, zero_point: Any, bits: int = 8, symmetric: bool = True,
-                    block_size: tuple[int, ...] | None = None) -> QTensor:
+                    block_size: tuple[int, ...] | None = None, mapping: str | None = None, *,
+                    inv_scale: Any = None, dtype: Any = np.float32) -> QTensor:
     """Quantize ``x`` on a GIVEN grid (no range search): ``clamp(round(x/scale) + zero_point)``.
+
+    The one place in the package where values are rounded onto an integer grid; every method
+    (GPTQ, AWQ, SmoothQuant, LLM.int8(), calibration) calls it.
 
     Args:
         x: any shape, float (numpy or torch).
         scale: per-block float32, shape ``x.shape // block_size`` (positive).
-        zero_point: per-block integers, same shape as ``scale`` (zeros when symmetric).
+        zero_point: per-block integers inside the mapping's code range, same shape as ``scale``.
+        bits: 2..8. symmetric: legacy flag, used only when ``mapping`` is None
+            (True: ``"symmetric"``, False: ``"asymmetric"``).
+        block_size: one entry per dimension (``None``: per tensor).
+        mapping: a key of :data:`MAPPINGS`; overrides ``symmetric``.
+        inv_scale: optional per-block factor to MULTIPLY by instead of dividing by ``scale``
+            (bitsandbytes computes ``round(x * (127 / absmax))``; the two differ in the last bit).
+        dtype: compute precision, float32 (default) or float64.
+    Returns:
+        :class:`QTensor` (numpy arrays).
     """
-    arr = _to_numpy_float32(x)
+    m = _mapping(mapping, symmetric)
+    dt = _check_dtype(dtype)
+    arr = _to_numpy_float32(x, keep_float64=dt == np.float64).astype(dt, copy=False)
     bits = _check_bits(bits)
     bs = _check_block_size(arr.shape, block_size)
     n_blocks = tuple(n // b for n, b in zip(arr.shape, bs))
-    if np.size(scale) != math.prod(n_blocks):
-        raise ValueError(f"scale must have one entry per block, shape {n_blocks}, got "
-                         f"{np.shape(scale)}")
-    scale = np.asarray(scale, np.float32).reshape(n_blocks)
-    if not (np.isfinite(scale).all() and (scale > 0).all()):
-        raise ValueError("scale must be finite and positive in every block")
-    zp = np.asarray(zero_point)
-    if zp.size != scale.size:
-        raise ValueError(f"zero_point must have one entry per block, shape {n_blocks}, got {zp.shape}")
-    zp = zp.reshape(n_blocks).astype(np.int32)
-    qmin, qmax = code_range(bits, symmetric)
+    scale = _check_scale(scale, n_blocks, dt)
+    zp = _check_zero_point(zero_point, n_blocks, m, bits)
+    qmin, qmax = m.code_range(bits)
     xb = _blocked(arr, bs)
-    q = np.rint(xb / _expand(scale, arr.ndim)) + _expand(zp, arr.ndim)
-    codes = np.clip(q, qmin, qmax).astype(np.int8 if symmetric else np.uint8).reshape(arr.shape)
-    return QTensor(codes, scale, zp, bits, bool(symmetric), bs, tuple(arr.shape))
+    if inv_scale is None:
+        q = np.rint(xb / _expand(scale, arr.ndim))
+    else:
+        inv = _check_scale(inv_scale, n_blocks, dt, "inv_scale")
+        q = np.rint(xb * _expand(inv, arr.ndim))
+    q = q + _expand(zp, arr.ndim).astype(dt)
+    codes = np.clip(q, qmin, qmax).astype(np.int8 if m.signed else np.uint8).reshape(arr.shape)
+    return QTensor(codes, scale, zp, bits, m.name == "symmetric", bs, tuple(arr.shape), m.name)
+
+
+def dequantize_affine(codes: Any, scale: Any, zero_point: Any,
+                      block_size: tuple[int, ...] | None = None, mapping: str = "symmetric", *,
+                      bits: int | None = None, dtype: Any = np.float32) -> np.ndarray:
+    """Codes back to real values: ``(codes - zero_point) * scale`` per block.
+
+    Args:
+        codes: integer array (numpy or torch), any shape.
+        scale, zero_point: per block, shape ``codes.shape // block_size``.
+        block_size: one entry per dimension (``None``: per tensor).
+        mapping: a key of :data:`MAPPINGS` (checks the zero points).
+        bits: when given, the codes and zero points are checked against its code range
+            (default: the widest, 8 bits).
+        dtype: float32 (default) or float64.
+    Returns:
+        ``codes.shape`` ``dtype``.
+    """
+    if mapping is None:
+        raise ValueError(f"mapping must be one of {tuple(MAPPINGS)}, got None")
+    m = _mapping(mapping)
+    dt = _check_dtype(dtype)
+    if _is_torch(codes):
+        codes = codes.detach().to("cpu").numpy()
+    c = np.asarray(codes)
+    if c.dtype.kind not in "iu":
+        raise ArgumentTypeError(f"codes must be an integer array, got dtype {c.dtype}")
+    if c.ndim == 0 or c.size == 0:
+        raise ValueError(f"codes must be a non-empty array, got shape {c.shape}")
+    b = MAX_BITS if bits is None else _check_bits(bits)
+    qmin, qmax = m.code_range(b)
+    if (c < qmin).any() or (c > qmax).any():
+        raise ValueError(f"codes must lie in [{qmin}, {qmax}] for {m.name!r} at {b} bits, got "
+                         f"values from {c.min()} to {c.max()}")
+    bs = _check_block_size(c.shape, block_size)
+    n_blocks = tuple(n // k for n, k in zip(c.shape, bs))
+    s = _check_scale(scale, n_blocks, dt)
+    zp = _check_zero_point(zero_point, n_blocks, m, b)
+    return _dequantize_blocks(c, s, zp, bs, dt)
+
+
+def _dequantize_blocks(c: np.ndarray, s: np.ndarray, zp: np.ndarray, bs: tuple[int, ...],
+                       dt: np.dtype) -> np.ndarray:
+    nd = c.ndim
+    cb = _blocked(c.astype(np.int32), bs)
+    out = (cb - _expand(zp, nd)).astype(dt) * _expand(s, nd)
+    return out.reshape(c.shape).astype(dt, copy=False)
 
 
 def quantize(x: Any, bits: int = 8, symmetric: bool = True,
-             block_size: tuple[int, ...] | None = None, clip: float = 1.0) -> QTensor:
+             block_size: tuple[int, ...] | None = None, clip: float = 1.0,
+             mapping: str | None = None) -> QTensor:
     """Round-to-nearest uniform quantization with one scale (and zero point) per block.
 
     Args:
         x: any shape ``(d0, d1, ...)``, a float numpy array or torch tensor (float16/32/64;
             computed in float32). Must be finite and non-empty.
         bits: 2..8.
-        symmetric: restricted symmetric grid (zero_point 0) or asymmetric grid with zero point.
+        symmetric: restricted symmetric grid (zero_point 0) or asymmetric grid with zero point
+            (ignored when ``mapping`` is given).
         block_size: one entry per dimension, each dividing the shape; ``None`` = per-tensor.
             Build it with :func:`block_size_for`.
         clip: fraction of each block's range that the grid covers, in (0, 1]. Values beyond the
             clipped range saturate at the end codes; a smaller clip trades overload error on
             the few large values for a finer step on all the others.
+        mapping: a key of :data:`MAPPINGS` (``"symmetric_offset"`` is GPTQ's grid,
+            ``"asymmetric_minmax"`` AWQ's).
 
     Returns:
         :class:`QTensor` (codes ``x.shape`` int8/uint8, scale ``x.shape // block_size`` float32),
@@ -295,31 +577,39 @@ def quantize(x: Any, bits: int = 8, symmetric: bool = True,
         ``quantize(W, bits=4, block_size=block_size_for(W.shape, "per_group", 128))`` for
         ``W: (out_features, in_features) float32``.
     """
+    m = _mapping(mapping, symmetric)
     arr = _to_numpy_float32(x)
     bits = _check_bits(bits)
     clip = _check_clip(clip)
     bs = _check_block_size(arr.shape, block_size)
-    scale, zero_point = _choose_params(_blocked(arr, bs), arr.ndim, bits, bool(symmetric), clip)
-    return quantize_affine(arr, scale, zero_point, bits, symmetric, bs)
+    scale, zero_point = choose_qparams(arr, bits, bs, m.name, clip)
+    return quantize_affine(arr, scale, zero_point, bits, block_size=bs, mapping=m.name)
 
 
 def dequantize(q: QTensor) -> np.ndarray:
     """Codes back to real values: ``(codes - zero_point) * scale``, shape ``q.shape`` float32."""
     if not isinstance(q, QTensor):
         raise ValueError(f"dequantize expects a QTensor (from quantize), got {type(q).__name__}")
-    nd = len(q.shape)
-    cb = _blocked(q.codes.astype(np.int32), q.block_size)
-    out = (cb - _expand(q.zero_point, nd)).astype(np.float32) * _expand(q.scale, nd)
-    return out.reshape(q.shape).astype(np.float32)
+    codes = np.asarray(q.codes)
+    bs = _check_block_size(codes.shape, q.block_size)
+    n_blocks = tuple(n // b for n, b in zip(codes.shape, bs))
+    if tuple(q.shape) != codes.shape or np.shape(q.scale) != n_blocks \
+            or np.shape(q.zero_point) != n_blocks:
+        raise ValueError(f"inconsistent QTensor: codes {codes.shape} in blocks {bs} need scale "
+                         f"and zero_point of shape {n_blocks}, got {np.shape(q.scale)} and "
+                         f"{np.shape(q.zero_point)} (shape field {q.shape})")
+    return _dequantize_blocks(np.asarray(q.codes), np.asarray(q.scale, np.float32),
+                              np.asarray(q.zero_point), q.block_size, np.dtype(np.float32))
 
 
 def fake_quantize(x: Any, bits: int = 8, symmetric: bool = True,
-                  block_size: tuple[int, ...] | None = None, clip: float = 1.0) -> Any:
+                  block_size: tuple[int, ...] | None = None, clip: float = 1.0,
+                  mapping: str | None = None) -> Any:
     """``dequantize(quantize(x, ...))`` returned as the same kind and dtype as ``x``.
 
     numpy in -> numpy out, torch in -> torch out (same dtype and device; no gradient).
     """
-    x_hat = dequantize(quantize(x, bits, symmetric, block_size, clip))
+    x_hat = dequantize(quantize(x, bits, symmetric, block_size, clip, mapping))
     if _is_torch(x):
         import torch
 
@@ -381,8 +671,9 @@ def _pdf(dist: str, df: float):
 def _check_dist(dist: str, df: float) -> None:
     if dist not in DISTRIBUTIONS:
         raise ValueError(f"dist must be one of {DISTRIBUTIONS}, got {dist!r}")
-    if dist == "student_t" and not df > 2:
-        raise ValueError(f"student_t needs df > 2 for a finite variance, got df={df}")
+    if dist == "student_t" and not (isinstance(df, (int, float, np.integer, np.floating))
+                                    and not isinstance(df, bool) and 2 < df < math.inf):
+        raise ValueError(f"student_t needs a finite df > 2 for a finite variance, got df={df!r}")
 
 
 def _levels(bits: int, symmetric: bool, clip: float) -> np.ndarray:
@@ -428,6 +719,7 @@ def theoretical_distortion(bits: int, dist: str, clip: float | None = None,
     if clip is None:
         if math.isinf(support):
             raise ValueError(f"dist {dist!r} is unbounded: pass clip (in standard deviations), "
+                             f"got clip=None; "
                              f"e.g. optimal_clip({bits}, {dist!r})")
         clip = support
     if not (isinstance(clip, (int, float, np.floating)) and 0 < clip < math.inf):
@@ -507,8 +799,8 @@ def optimal_clip(bits: int, dist: str, symmetric: bool = True,
 def sample_distribution(dist: str, n: int, seed: int = 0, df: float = DEFAULT_T_DF) -> np.ndarray:
     """``n`` float32 samples of a unit-variance ``dist`` (seeded; the inputs the theory assumes)."""
     _check_dist(dist, df)
-    if int(n) < 1:
-        raise ValueError(f"n must be a positive count, got {n}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer count, got {n!r}")
     rng = np.random.default_rng(seed)
     if dist == "uniform":
         x = rng.uniform(-math.sqrt(3), math.sqrt(3), n)

@@ -1,6 +1,5 @@
 """qlearn.gguf_io: GGUF files written by qlearn are what gguf.GGUFReader and llama.cpp expect."""
 
-import sys
 from pathlib import Path
 
 import gguf
@@ -128,13 +127,6 @@ def test_custom_quantizer_and_raw_bytes_with_shape(tmp_path):
     tensors, _ = gguf_io.read_gguf(path)
     assert tensors["b.weight"][2] == (4, 64) and np.array_equal(tensors["b.weight"][0], raw)
     np.testing.assert_allclose(kernels.dequantize(tensors["a.weight"][0], "Q5_1"), x, atol=0.1)
-
-
-def test_k_quant_from_floats_needs_a_quantizer_without_kquants(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "qlearn.kquants", None)  # as if not installed: ImportError
-    x = np.zeros((2, 256), np.float32)
-    with pytest.raises(ValueError, match="no quantizer for Q4_K"):
-        gguf_io.write_gguf(tmp_path / "m.gguf", {"w.weight": (x, "Q4_K")}, {})
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ def _pseudo_quantize(fn):
     for bits, gs in [(4, 128), (3, 64), (2, 32), (8, 256)]:
         W, _ = _layer(rng)
         got = call_student(fn, W.clone(), bits, gs)
-        compare_close(f"pseudo_quantize(W, w_bit={bits}, group_size={gs})", got,
+        compare_close(f"pseudo_quantize(W, bits={bits}, group_size={gs})", got,
                       awq.pseudo_quantize(W, bits, gs)[0], rtol=1e-6, atol=1e-7)
 
 

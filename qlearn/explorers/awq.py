@@ -15,7 +15,7 @@ from qlearn import awq
 __all__ = ["ratio_loss", "plot_ratio", "explore"]
 
 
-def ratio_loss(W: torch.Tensor, X: torch.Tensor, ratio: float, w_bit: int = 4,
+def ratio_loss(W: torch.Tensor, X: torch.Tensor, ratio: float, bits: int = 4,
                group_size: int = 128) -> tuple[float, torch.Tensor]:
     """AWQ's search loss at one ratio: ``mean((X W^T - X (Q(W s)/s)^T)^2)``, and the s used.
 
@@ -24,20 +24,20 @@ def ratio_loss(W: torch.Tensor, X: torch.Tensor, ratio: float, w_bit: int = 4,
     W, X = awq.check_pair(W, X)
     x_mean = X.abs().mean(0)
     s = awq.candidate_scales(x_mean, float(ratio)).view(1, -1)
-    Q = awq.pseudo_quantize(W * s, w_bit, group_size)[0] / s
+    Q = awq.pseudo_quantize(W * s, bits, group_size)[0] / s
     with torch.no_grad():
         loss = (X @ W.T - X @ Q.T).pow(2).mean().item()
     return loss, s.view(-1)
 
 
-def plot_ratio(W: torch.Tensor, X: torch.Tensor, ratio: float = 0.5, w_bit: int = 4,
+def plot_ratio(W: torch.Tensor, X: torch.Tensor, ratio: float = 0.5, bits: int = 4,
                group_size: int = 128, search: awq.AWQScale | None = None, axes=None):
     """Two panels: loss vs ratio (grid search, with ``ratio`` marked) and s_j vs mean|x_j|."""
     import matplotlib.pyplot as plt
 
     if search is None:
-        search = awq.search_scale(W, X, w_bit, group_size)
-    loss, s = ratio_loss(W, X, ratio, w_bit, group_size)
+        search = awq.search_scale(W, X, bits, group_size)
+    loss, s = ratio_loss(W, X, ratio, bits, group_size)
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(7, 3.4))
     ax = axes[0]
@@ -46,7 +46,7 @@ def plot_ratio(W: torch.Tensor, X: torch.Tensor, ratio: float = 0.5, w_bit: int 
     ax.axvline(search.best_ratio, color="#55a868", ls="--", lw=1, label=f"best r = {search.best_ratio:.2f}")
     ax.set_xlabel("ratio r (s = mean|x|^r)")
     ax.set_ylabel("output MSE")
-    ax.set_title(f"{w_bit}-bit g{group_size}: loss vs ratio", fontsize=9)
+    ax.set_title(f"{bits}-bit g{group_size}: loss vs ratio", fontsize=9)
     ax.legend(fontsize=8)
     ax = axes[1]
     xm = search.x_mean_abs.numpy()
@@ -58,7 +58,7 @@ def plot_ratio(W: torch.Tensor, X: torch.Tensor, ratio: float = 0.5, w_bit: int 
     return axes
 
 
-def explore(W: torch.Tensor, X: torch.Tensor, w_bit: int = 4, group_size: int = 128,
+def explore(W: torch.Tensor, X: torch.Tensor, bits: int = 4, group_size: int = 128,
             search: awq.AWQScale | None = None):
     """A ratio slider over :func:`plot_ratio` (ipywidgets ``interactive``); pass ``search`` to
     reuse a finished :func:`qlearn.awq.search_scale`."""
@@ -66,10 +66,10 @@ def explore(W: torch.Tensor, X: torch.Tensor, w_bit: int = 4, group_size: int = 
     import matplotlib.pyplot as plt
 
     if search is None:
-        search = awq.search_scale(W, X, w_bit, group_size)
+        search = awq.search_scale(W, X, bits, group_size)
 
     def show(ratio):
-        plot_ratio(W, X, ratio, w_bit, group_size, search)
+        plot_ratio(W, X, ratio, bits, group_size, search)
         plt.show()
 
     return widgets.interactive(show, ratio=widgets.FloatSlider(value=0.5, min=0.0, max=1.0,

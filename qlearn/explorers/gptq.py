@@ -32,8 +32,12 @@ def running_output_error(W, X, bits: int = 3, sym: bool = True, percdamp: float 
     H = gptq.hessian(X).clone()
     scale, zero = gptq.find_params(W, bits, sym)
     scale, zero = scale[:, None], zero[:, None]
-    maxq = 2 ** bits - 1
-    q_rtn = scale * (gptq._codes(W, scale, zero, maxq) - zero)
+    mapping = gptq._mapping(sym)  # the reference grid in qlearn.uniform
+
+    def fake_quantize(w):
+        return scale * (gptq._codes(w, scale, zero, bits, mapping).float() - zero)
+
+    q_rtn = fake_quantize(W)
     H.diagonal().add_(percdamp * H.diagonal().mean())
     U = gptq._inverse_hessian_cholesky(H)
     G = X.double().T @ X.double()
@@ -47,7 +51,7 @@ def running_output_error(W, X, bits: int = 3, sym: bool = True, percdamp: float 
     rtn_curve, gptq_curve = [], []
     for i in range(W.shape[1]):
         w = cur[:, i:i + 1]
-        q = scale * (gptq._codes(w, scale, zero, maxq) - zero)
+        q = fake_quantize(w)
         e = (w - q) / U[i, i]
         cur[:, i:] -= e @ U[i:i + 1, i:]
         cur[:, i:i + 1] = q

@@ -109,6 +109,19 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: s
     style "half": pairs are (i, i + head_dim/2) (Hugging Face); "interleaved": pairs (2i, 2i+1)
     (llama.cpp / the original Meta code). cos, sin: (seq, head_dim/2).
     """
+    if style not in ("half", "interleaved"):
+        raise ValueError(f"style must be 'half' or 'interleaved', got {style!r}")
+    for name, t in (("x", x), ("cos", cos), ("sin", sin)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a real floating-point tensor, got "
+                            f"{getattr(t, 'dtype', type(t).__name__)}")
+    if not (bool(torch.isfinite(cos).all()) and bool(torch.isfinite(sin).all())):
+        raise ValueError("cos and sin must be finite, got NaN/Inf (rotary_tables makes them)")
+    if cos.shape != sin.shape or x.shape[-1] != 2 * cos.shape[-1] \
+            or x.shape[-2] != cos.shape[-2]:
+        raise ValueError(f"cos and sin must be (seq, head_dim/2) = ({x.shape[-2]}, "
+                         f"{x.shape[-1] // 2}) for x of shape {tuple(x.shape)}, got "
+                         f"{tuple(cos.shape)} and {tuple(sin.shape)}")
     if style == "half":
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
