@@ -101,10 +101,13 @@ CH5_MD = r'''**Which grid.** `gptq.rtn_quantize` is the reference GPTQ quantizer
 `"asymmetric"` (rules printed below). The "sym" rows of this chapter are therefore not chapter 3's
 restricted `"symmetric"` grid; {doc}`03_uniform_quantization` compares the two.'''
 
-CH5_CODE = '''from qlearn import uniform
+CH5_CODE = '''import textwrap
+
+from qlearn import uniform
 
 for m in ("symmetric_offset", "asymmetric"):
-    print(f"{m}: {uniform.MAPPINGS[m].rule}")'''
+    print(textwrap.fill(f"{m}: {uniform.MAPPINGS[m].rule}", 79,
+                        subsequent_indent="  "))'''
 
 CH5_OLD = '''def int8_per_row(a):
     scale = a.abs().amax(1, keepdim=True).clamp_min(1e-8) / 127
