@@ -194,8 +194,16 @@ def to_gguf(model, path, mix: str = "Q4_K_M", imatrix=None, tokenizer=None, *, p
     if not isinstance(mix, str):
         raise TypeError(f"mix must be a preset name such as 'Q4_K_M', got {type(mix).__name__}")
     gguf_mixes.default_type(mix)  # raises for an unknown preset
+    _config(model)  # a LlamaModel llama.cpp can load, or a clear error
     if tokenizer is None:
         raise ValueError("pass tokenizer=...: llama.cpp reads the vocabulary from the GGUF file")
+    tok_meta = tokenizer_metadata(tokenizer)
+    n_vocab = len(tok_meta["tokenizer.ggml.tokens"])
+    if n_vocab != model.config.vocab_size:
+        raise ValueError(
+            f"llama.cpp cannot load this pair: the tokenizer has {n_vocab} tokens but the model's "
+            f"embedding has {model.config.vocab_size} rows (pass the model's own tokenizer)"
+        )
     tensors = gguf_tensors(model)
     imat = _check_imatrix(imatrix, tensors)
     plan = gguf_mixes.mix_plan(mix, model_config(model), has_imatrix=bool(imat), pure=pure)
@@ -206,7 +214,7 @@ def to_gguf(model, path, mix: str = "Q4_K_M", imatrix=None, tokenizer=None, *, p
             entries[tname] = (w, qtype)
         else:
             entries[tname] = (kquants.quantize(w, qtype, imatrix=imat.get(tname)), qtype, w.shape)
-    metadata = {**model_metadata(model, mix, name), **tokenizer_metadata(tokenizer)}
+    metadata = {**model_metadata(model, mix, name), **tok_meta}
     path = Path(path)
     from .gguf_io import write_gguf
 

@@ -309,10 +309,10 @@ def bits_per_weight(qtype: str) -> float:
     return ts * 8 / bs
 
 
-def mix_bpw(mix: str, model_config: ModelConfig) -> float:
+def mix_bpw(mix: str, model_config: ModelConfig, *, has_imatrix: bool = False, pure: bool = False) -> float:
     """Average bits per weight of the whole model under ``mix`` (every tensor counted, norms
     in F32 included): total tensor bits / total parameters."""
-    plan = mix_plan(mix, model_config)
+    plan = mix_plan(mix, model_config, has_imatrix=has_imatrix, pure=pure)
     shapes = llama_tensor_shapes(model_config)
     bits = 0.0
     params = 0
