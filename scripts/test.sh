@@ -16,6 +16,9 @@ export NUMBA_CACHE_DIR="$PWD/.cache/numba"
 PY=.venv/bin/python
 t0=$(date +%s)
 
+echo "=== 0/3 llama.cpp tools (built once per machine; tests/test_export.py compares against them)"
+bash scripts/llama_cpp.sh
+
 echo "=== 1/3 unit, property and grader tests"
 $PY -m pytest tests -q -p no:cacheprovider -n 2 --dist loadfile
 t1=$(date +%s)
