@@ -24,7 +24,8 @@ from pathlib import Path
 
 from . import gguf_mixes, memory
 
-__all__ = ["QUALITY_TABLE", "Option", "quality_table", "recommend", "llama_perplexity", "llama_generate"]
+__all__ = ["QUALITY_TABLE", "Option", "quality_table", "missing_rows", "recommend", "llama_perplexity",
+           "llama_generate"]
 
 QUALITY_TABLE = Path(__file__).with_name("data") / "quality_table.json"
 GIB = memory.BYTES_PER_GIB
@@ -67,6 +68,23 @@ def _read_table(path: str) -> dict:
 def quality_table(path=None) -> dict:
     """The measured table: ``{"protocol": {...}, "date": ..., "rows": {row id: {...}}}``."""
     return _read_table(str(path or QUALITY_TABLE))
+
+
+def expected_rows() -> list[str]:
+    """Row ids a complete table has: every preset with and without imatrix (none for Q8_0 and Q6_K,
+    which ignore it), RTN/GPTQ/AWQ at 4 and 3 bits, NF4, FP4, SmoothQuant W8A8."""
+    ids = ["baseline"]
+    for p in gguf_mixes.MIXES:
+        ids.append(p)
+        if p not in ("Q8_0", "Q6_K"):
+            ids.append(p + "+imatrix")
+    return ids + ["rtn4", "rtn3", "gptq4", "gptq3", "awq4", "awq3", "nf4", "fp4", "w8a8"]
+
+
+def missing_rows(table=None) -> list[str]:
+    """Row ids of :func:`expected_rows` that the table lacks."""
+    rows = (table if isinstance(table, dict) else quality_table(table))["rows"]
+    return [r for r in expected_rows() if r not in rows]
 
 
 def _ppl_increase(rows: dict, rid: str) -> float | None:
