@@ -1,6 +1,6 @@
 """The measured quality table of chapter 14: every quantization of SmolLM2-135M, one protocol.
 
-    PYTHONPATH=$PWD nice python benchmarks/quality_table.py            # all rows (about an hour)
+    PYTHONPATH=$PWD nice python benchmarks/quality_table.py   # all rows: ~25 min CPU (1 thread)
     PYTHONPATH=$PWD python benchmarks/quality_table.py --rows Q4_K_M,rtn4 --out /tmp/t.json
 
 Protocol (every row): SmolLM2-135M-Instruct dequantized from its Q4_1 GGUF (the book's

@@ -135,7 +135,7 @@ def recommend(model, memory_gib: float, context: int, batch: int = 1, *, reserve
     gcfg = _gguf_config(m)
     candidates = [("F16", 16.0, "baseline")]
     candidates += [(p, gguf_mixes.mix_bpw(p, gcfg), p) for p in gguf_mixes.MIXES]
-    candidates += [(p + " + imatrix", gguf_mixes.mix_bpw(p, gcfg, has_imatrix=True), p + "+imatrix")
+    candidates += [(p + "+imatrix", gguf_mixes.mix_bpw(p, gcfg, has_imatrix=True), p + "+imatrix")
                    for p in gguf_mixes.MIXES if p + "+imatrix" in rows]
     emb = m.vocab * m.hidden * (1 if m.tied else 2)
     for rid, (label, fmt) in OTHER_OPTIONS.items():
