@@ -20,7 +20,12 @@ needs_llama = pytest.mark.skipif(not llama_cpp.available(),
 PRESETS = list(gguf_mixes.MIXES)
 SMOLLM2_PRESETS = ("Q4_K_M", "Q2_K", "Q6_K", "IQ4_XS")  # representative: 576-wide rows fall back
 PPL_TOLERANCE = 0.005  # the bound: llama-perplexity within 0.5 % of qlearn's
-PROMPT = "ROMEO:\nBut soft, what light through yonder"
+PROMPT = "ROMEO:\nBut soft, what light through yonder"  # qlearn-tiny was trained on Shakespeare
+# SmolLM2 continues this prompt with confident tokens. Greedy decoding is only comparable away
+# from near-ties: llama.cpp's Q8_0 matmuls quantize the activations to 8 bits too, so two logits
+# within rounding of each other may swap (a Shakespeare prompt diverged after 8 tokens).
+SMOLLM2_PROMPT = "Once upon a time, in a small village by the sea,"
+SLOW_TOOL_S = 3600  # llama-quantize IQ4_XS on SmolLM2 took over 600 s on a loaded 2-core machine
 N_GREEDY = 16
 
 
@@ -182,7 +187,7 @@ def smollm2_files(tmp_path_factory):
     text.write_text(validation_text()[:20000])
     imatrix = d / "imatrix.gguf"
     llama_cpp.run("llama-imatrix", "-m", f32, "-f", text, "-o", imatrix, "-c", "128", "--chunks", "4",
-                  "-t", "2", "--no-ppl")
+                  "-t", "2", "--no-ppl", timeout=SLOW_TOOL_S)
     return model, tok, d, f32, imatrix
 
 
@@ -192,7 +197,7 @@ def smollm2_files(tmp_path_factory):
 def test_smollm2_byte_equal_with_imatrix(smollm2_files, preset):
     model, tok, d, f32, imatrix = smollm2_files
     ref = d / f"{preset}-ref.gguf"
-    llama_cpp.run("llama-quantize", "--imatrix", imatrix, f32, ref, preset, "2")
+    llama_cpp.run("llama-quantize", "--imatrix", imatrix, f32, ref, preset, "2", timeout=SLOW_TOOL_S)
     ours = export.to_gguf(model, d / f"{preset}.gguf", preset, imatrix=imatrix, tokenizer=tok)
     assert _mismatches(ours, ref) == []
     ref.unlink()
@@ -210,4 +215,4 @@ def test_smollm2_perplexity_and_greedy_match_llama_cpp(smollm2_files):
     ours = llama_cpp_perplexity(qm, qt, text, n_ctx=512)
     theirs = deploy.llama_perplexity(path, text, n_ctx=512)
     assert abs(ours / theirs - 1) < PPL_TOLERANCE, (ours, theirs)
-    assert deploy.llama_generate(path, PROMPT, N_GREEDY) == generate(qm, qt, PROMPT, N_GREEDY)
+    assert deploy.llama_generate(path, SMOLLM2_PROMPT, N_GREEDY) == generate(qm, qt, SMOLLM2_PROMPT, N_GREEDY)
