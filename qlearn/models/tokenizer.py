@@ -71,14 +71,16 @@ def train_bpe(text: str, vocab_size: int = 4096) -> Tokenizer:
     return Tokenizer(tok)
 
 
-def from_gguf_metadata(tokens: list[str], merges: list[str], bos_id: int, eos_id: int) -> Tokenizer:
+def from_gguf_metadata(tokens: list[str], merges: list[str], bos_id: int, eos_id: int,
+                       split_digits: bool = True) -> Tokenizer:
     """Byte-level BPE from a GGUF's ``tokenizer.ggml.tokens`` and ``tokenizer.ggml.merges`` (gpt2 model).
 
     tokens: vocabulary in id order (byte-level strings, e.g. "Ġthe"); merges: "a b" strings.
+    split_digits: pre-split every digit (GGUF pre-tokenizer "smollm"); False for "gpt-2".
     """
     vocab = {t: i for i, t in enumerate(tokens)}
     pairs = [tuple(m.split(" ", 1)) for m in merges]
-    tok = _byte_level(models.BPE(vocab=vocab, merges=pairs), split_digits=True)
+    tok = _byte_level(models.BPE(vocab=vocab, merges=pairs), split_digits=split_digits)
     # control tokens (<|im_start|>, <|endoftext|>, ...) are matched whole, never split
     specials = [t for t in tokens if t.startswith("<|") and t.endswith("|>")]
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
