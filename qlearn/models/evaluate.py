@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-__all__ = ["Score", "score", "perplexity", "generate"]
+__all__ = ["Score", "score", "perplexity", "generate", "llama_cpp_perplexity"]
 
 WINDOW_BATCH_TOKENS = 4096  # tokens per forward pass: big matmuls, yet logits (tokens x vocab) stay < 1 GB
 
@@ -162,3 +162,39 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 40, temperatur
         new.append(nxt)
     model.train(was_training)
     return tokenizer.decode(new)
+
+
+@torch.no_grad()
+def llama_cpp_perplexity(model, tokenizer, text, n_ctx: int = 512) -> float:
+    """Perplexity by ``llama-perplexity``'s protocol, to compare with llama.cpp number for number.
+
+    The text is tokenized without a BOS (SmolLM2 and qlearn-tiny are used without one) and cut
+    into ``len(tokens) // n_ctx`` non-overlapping chunks of ``n_ctx`` tokens (the remainder is
+    dropped). Each chunk is evaluated from an empty context and only its second half is scored:
+    the logits at positions ``n_ctx//2 .. n_ctx-2`` predict tokens ``n_ctx//2 + 1 .. n_ctx-1``,
+    so every scored token sees at least ``n_ctx/2`` tokens of context. Like the tool, it needs
+    at least ``2 * n_ctx`` tokens. Returns exp(mean NLL) over the scored tokens.
+    """
+    if not isinstance(n_ctx, int) or n_ctx < 4:
+        raise ValueError(f"n_ctx must be an int >= 4, got {n_ctx!r}")
+    ids = _tokens(tokenizer, text)
+    n_chunks = ids.numel() // n_ctx
+    if n_chunks < 2:
+        raise ValueError(
+            f"llama-perplexity needs at least 2 * n_ctx = {2 * n_ctx} tokens, the text has {ids.numel()}"
+        )
+    first = n_ctx // 2
+    chunks = ids[: n_chunks * n_ctx].view(n_chunks, n_ctx)  # (chunks, n_ctx)
+    was_training = model.training
+    model.eval()
+    nll, count = 0.0, 0
+    per_batch = max(1, WINDOW_BATCH_TOKENS // n_ctx)
+    for i in range(0, n_chunks, per_batch):
+        x = chunks[i:i + per_batch]                                  # (B, n_ctx)
+        logits = model(x)[:, first:-1].float()                       # (B, n_ctx-1-first, V)
+        target = x[:, first + 1:]                                     # (B, n_ctx-1-first)
+        nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                               reduction="sum").item()
+        count += target.numel()
+    model.train(was_training)
+    return math.exp(nll / count)
