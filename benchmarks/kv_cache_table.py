@@ -1,18 +1,15 @@
 """SmolLM2-135M perplexity against the KV cache format: qlearn and llama.cpp, for chapter 12.
 
-Two tables, written to ``benchmarks/kv_cache_table.json`` and ``benchmarks/kv_cache_long.json``
-(the chapter reads them; a test re-runs one row):
+The table, written to ``benchmarks/kv_cache_table.json`` (the chapter reads it; a test re-runs
+its qlearn q4_0 row): llama-perplexity's protocol (chunks of ``N_CTX`` tokens, second half
+scored) on the first ``N_CHUNKS`` chunks of the held-out Shakespeare text, for each cache type
+with and without the Hadamard rotation: qlearn's dequantized Q4_1 model with
+:func:`qlearn.kvcache.with_kv_cache` next to ``llama-perplexity -fa on -ctk T -ctv T`` on the
+same GGUF file (``LLAMA_ATTN_ROT_DISABLE=1`` for no rotation). Each side's change is relative
+to its own f16 cache. ``--extra`` adds q4_1, q5_0 and iq4_nl (rotated).
 
-* ``llama_cpp``: llama-perplexity's protocol (chunks of ``N_CTX`` tokens, second half scored)
-  on the first ``N_CHUNKS`` chunks of the held-out Shakespeare text, for each cache type with
-  and without the Hadamard rotation: qlearn's dequantized Q4_1 model with
-  :func:`qlearn.kvcache.with_kv_cache` next to ``llama-perplexity -fa on -ctk T -ctv T`` on the
-  same GGUF file (``LLAMA_ATTN_ROT_DISABLE=1`` for no rotation). Each side's change is relative
-  to its own f16 cache.
-* ``long``: qlearn only, the same protocol with ``LONG_CTX``-token chunks, K and V separately.
-
-Run: ``PYTHONPATH=. python benchmarks/kv_cache_table.py [llama_cpp|long ...]`` (~15 minutes of
-CPU on 2 cores for both).
+Run: ``PYTHONPATH=. python benchmarks/kv_cache_table.py [--extra]`` (about 5 minutes of CPU on 2
+cores for the default rows).
 """
 
 from __future__ import annotations
@@ -23,22 +20,12 @@ import time
 from pathlib import Path
 
 OUT = Path(__file__).with_name("kv_cache_table.json")
-OUT_LONG = Path(__file__).with_name("kv_cache_long.json")
 N_CTX = 512
-N_CHUNKS = 4
-LONG_CTX = 2048
-LONG_CHUNKS = 2
+N_CHUNKS = 8
 #: (k_type, v_type, rotate) rows of the llama.cpp comparison
 LLAMA_ROWS = [("q8_0", "q8_0", True), ("q8_0", "q8_0", False), ("q4_0", "q4_0", True),
-              ("q4_0", "q4_0", False), ("q4_1", "q4_1", True), ("q5_0", "q5_0", True),
-              ("iq4_nl", "iq4_nl", True)]
-#: (label, k_type, v_type, options) rows of the long-context table
-LONG_ROWS = [("f16", "f16", "f16", {}), ("q4_0", "q4_0", "q4_0", {}),
-             ("q4_0 no rot", "q4_0", "q4_0", {"rotate": False}),
-             ("K q4_0 no rot", "q4_0", "f16", {"rotate": False}),
-             ("V q4_0 no rot", "f16", "q4_0", {"rotate": False}),
-             ("int2 tok", "int2", "int2", {"rotate": False, "group": 32}),
-             ("KIVI-2", "int2", "int2", {"kivi": True})]
+              ("q4_0", "q4_0", False)]
+EXTRA_ROWS = [("q4_1", "q4_1", True), ("q5_0", "q5_0", True), ("iq4_nl", "iq4_nl", True)]
 
 
 def eval_text(tok, n_tokens: int) -> str:
@@ -48,15 +35,12 @@ def eval_text(tok, n_tokens: int) -> str:
     return tok.decode(tok.encode(validation_text())[:n_tokens])
 
 
-def qlearn_ppl(model, tok, text, k_type, v_type, n_ctx=N_CTX, **options) -> float:
+def qlearn_ppl(model, tok, text, k_type, v_type, **options) -> float:
     from qlearn import kvcache
     from qlearn.models.evaluate import llama_cpp_perplexity
 
-    if options.pop("kivi", False):
-        m = kvcache.kivi(model, 2, 32, 128)
-    else:
-        m = kvcache.with_kv_cache(model, k_type, v_type, **options)
-    return llama_cpp_perplexity(m, tok, text, n_ctx=n_ctx)
+    m = kvcache.with_kv_cache(model, k_type, v_type, **options)
+    return llama_cpp_perplexity(m, tok, text, n_ctx=N_CTX)
 
 
 def llama_rows(model, tok, rows=LLAMA_ROWS, n_chunks=N_CHUNKS) -> dict:
@@ -78,28 +62,18 @@ def llama_rows(model, tok, rows=LLAMA_ROWS, n_chunks=N_CHUNKS) -> dict:
     return out
 
 
-def long_rows(model, tok) -> dict:
-    text = eval_text(tok, LONG_CHUNKS * LONG_CTX)
-    out = {}
-    for label, k, v, opts in LONG_ROWS:
-        out[label] = qlearn_ppl(model, tok, text, k, v, n_ctx=LONG_CTX, **dict(opts))
-        print(label, out[label], flush=True)
-    return out
-
-
 def main(argv=None) -> int:
     from qlearn.models import load
 
-    parts = (argv if argv is not None else sys.argv[1:]) or ["llama_cpp", "long"]
+    argv = sys.argv[1:] if argv is None else argv
+    rows = LLAMA_ROWS + (EXTRA_ROWS if "--extra" in argv else [])
     model, tok = load("smollm2-135m")
-    protocol = {"n_ctx": N_CTX, "n_chunks": N_CHUNKS, "long_ctx": LONG_CTX,
-                "long_chunks": LONG_CHUNKS, "text": "held-out Shakespeare, first tokens"}
-    for part in parts:
-        t0 = time.time()
-        rows = llama_rows(model, tok) if part == "llama_cpp" else long_rows(model, tok)
-        print(f"{part}: {time.time() - t0:.0f} s", flush=True)
-        path = OUT if part == "llama_cpp" else OUT_LONG
-        path.write_text(json.dumps({"protocol": protocol, part: rows}, indent=1) + "\n")
+    t0 = time.time()
+    table = {"protocol": {"n_ctx": N_CTX, "n_chunks": N_CHUNKS,
+                          "text": "held-out Shakespeare, first tokens"},
+             "llama_cpp": llama_rows(model, tok, rows)}
+    print(f"{time.time() - t0:.0f} s", flush=True)
+    OUT.write_text(json.dumps(table, indent=1) + "\n")
     return 0
 
 
