@@ -222,6 +222,8 @@ def run(nb_path: Path) -> None:
     set_colab_cell(nb)
     # The kernel inherits our environment: MPLBACKEND=Agg there would silently drop every figure.
     os.environ.pop("MPLBACKEND", None)
+    # waiting OpenMP threads sleep rather than spin (same results; see scripts/test.sh)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # No progress bars in saved outputs (tqdm >= 4.66 reads TQDM_* variables); Colab keeps them.
     os.environ["TQDM_DISABLE"] = "1"
     t = time.time()
