@@ -96,11 +96,6 @@ interview.sheet([by_id[COMMON[n]] for n in sorted(COMMON)])
 for name, chain in interview.chains().items():
     display(interview.sheet(chain, title=f"Chain: {name}"))
 
-# %% [markdown]
-# ## Questions by topic
-#
-# Every question of the bank, by chapter, from easy to hard. Each chapter's page ends with the
-# same questions.
 '''
 
 TOPIC = '''
@@ -141,6 +136,14 @@ interview.quiz(title="Self-test")
 # 3. Export the deck (`--export anki qlearn.apkg`) and review it for a week.
 # 4. Pick one system-design question and redo its arithmetic for your own model and GPU with
 #    `qlearn.memory`; open this chapter in [Colab]({colab}) to run it.
+# 5. For graded practice, each chapter's exercise notebook opens in Colab:
+{exercise_links}
+
+# %% [markdown]
+# ## Interview questions
+#
+# Every question of the bank, by chapter, from easy to hard. Each chapter's page ends with the
+# same questions.
 '''
 
 CHAPTER_DOCS = {
@@ -157,15 +160,19 @@ def source() -> str:
     from qlearn import interview
 
     text = HEAD
+    topics = ""
     for ch in sorted({q.chapter for q in interview.bank()}):
         title = interview.CHAPTER_TITLES.get(ch, ch)
         if ch in CHAPTER_DOCS and (ROOT / "notebooks" / f"{CHAPTER_DOCS[ch]}.ipynb").exists():
             link = f"{{doc}}`{CHAPTER_DOCS[ch]}`"
         else:
             link = "questions that span the whole book"
-        text += TOPIC.format(title=f"{int(ch[2:])}. {title}" if ch in CHAPTER_DOCS else title,
+        topics += TOPIC.format(title=f"{int(ch[2:])}. {title}" if ch in CHAPTER_DOCS else title,
                              link=link, chapter=ch)
-    return text + TAIL.format(colab=COLAB)
+    base = COLAB.rsplit("/notebooks/", 1)[0] + "/exercises/"
+    links = ", ".join(f"[{int(ch[2:])}]({base}{doc}.ipynb)" for ch, doc in CHAPTER_DOCS.items()
+                      if (ROOT / "exercises" / f"{doc}.ipynb").exists())
+    return text + TAIL.format(colab=COLAB, exercise_links=f"#    {links}.") + topics
 
 
 def main() -> None:
