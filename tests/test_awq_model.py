@@ -43,7 +43,7 @@ def test_fold_scales_keeps_the_function(model_and_tokens):
 def test_awq_model_beats_rtn_and_leaves_original(model_and_tokens):
     m, tokens = model_and_tokens
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    q, ratios = awq.awq_model(m, tokens, w_bit=3, group_size=64, progress=False)
+    q, ratios = awq.awq_model(m, tokens, bits=3, group_size=64, progress=False)
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
     # v_proj -> o_proj has equal shapes here (no GQA): 4 groups per layer
     assert len(ratios) == 4 * 2 and all(0 <= r < 1 for r in ratios.values())
