@@ -59,7 +59,9 @@ stage_begin "browser check and link check of _build/html" browser
 # every page in headless Chromium, screenshots as artifacts under _build/screenshots
 $PY scripts/browser_check.py _build/html --shots _build/screenshots
 # linkchecker follows every local link and anchor (external urls: syntax only, offline)
-.venv/bin/linkchecker --no-status --no-warnings _build/html/index.html
+.venv/bin/linkchecker --no-status --no-warnings _build/html/index.html \
+  >/tmp/qlearn-linkcheck.log 2>&1 || { cat /tmp/qlearn-linkcheck.log; echo "link check failed"; exit 1; }
+echo "linkchecker: $(grep -E 'URLs checked' /tmp/qlearn-linkcheck.log)"
 stage_end
 
 echo "timings: $TIMINGS, total $(( $(date +%s) - T0 )) s"
