@@ -213,3 +213,29 @@ def test_copy_shares_weights_and_leaves_original_alone(model):
     assert m.layers[0].self_attn.q_proj.weight is model.layers[0].self_attn.q_proj.weight
     assert type(model.new_cache().layers[0]).__name__ == "LayerCache"
     assert isinstance(m.new_cache().layers[0], kc.QuantizedLayerCache)
+
+
+def test_stepped_perplexity_sees_the_cache_as_decoding_does(model):
+    """llama_cpp_perplexity(step=): the same as one forward for a float cache; for KIVI, closer
+    to token-by-token decoding than one forward (which quantizes all but the last window)."""
+    from qlearn.models.evaluate import _stepped_logits, llama_cpp_perplexity
+
+    x = torch.randint(0, CFG.vocab_size, (1, 64), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        torch.testing.assert_close(_stepped_logits(model, x, 16), model(x), **TOL)
+        kv = kc.kivi(model, bits=2, group=8, residual=16)
+        one = _stepped_logits(kv, x, 1)
+        err_step = (_stepped_logits(kv, x, 8) - one).abs().max()
+        err_full = (kv(x) - one).abs().max()
+    assert err_step < err_full / 3
+
+    class Tok:
+        def encode(self, text):
+            return [int(t) for t in text.split()]
+
+    text = " ".join(str(int(t)) for t in torch.randint(0, CFG.vocab_size, (128,)))
+    a = llama_cpp_perplexity(model, Tok(), text, n_ctx=32)
+    assert abs(llama_cpp_perplexity(model, Tok(), text, n_ctx=32, step=8) / a - 1) < 1e-5
+    for bad in (0, 33, 2.0, True):
+        with pytest.raises(ValueError, match="step must be"):
+            llama_cpp_perplexity(model, Tok(), text, n_ctx=32, step=bad)

@@ -164,8 +164,14 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 40, temperatur
     return tokenizer.decode(new)
 
 
+def _stepped_logits(model, x: torch.Tensor, step: int) -> torch.Tensor:
+    """Logits of ``x`` (B, T) computed ``step`` positions at a time through one KV cache."""
+    cache = model.new_cache()
+    return torch.cat([model(x[:, j:j + step], cache=cache) for j in range(0, x.shape[1], step)], 1)
+
+
 @torch.no_grad()
-def llama_cpp_perplexity(model, tokenizer, text, n_ctx: int = 512) -> float:
+def llama_cpp_perplexity(model, tokenizer, text, n_ctx: int = 512, step: int | None = None) -> float:
     """Perplexity by ``llama-perplexity``'s protocol, to compare with llama.cpp number for number.
 
     The text is tokenized without a BOS (SmolLM2 and qlearn-tiny are used without one) and cut
@@ -174,9 +180,19 @@ def llama_cpp_perplexity(model, tokenizer, text, n_ctx: int = 512) -> float:
     the logits at positions ``n_ctx//2 .. n_ctx-2`` predict tokens ``n_ctx//2 + 1 .. n_ctx-1``,
     so every scored token sees at least ``n_ctx/2`` tokens of context. Like the tool, it needs
     at least ``2 * n_ctx`` tokens. Returns exp(mean NLL) over the scored tokens.
+
+    ``step``: feed each chunk through the model's KV cache (``model.new_cache()``) in pieces of
+    ``step`` tokens instead of one forward. The logits are the same for a float cache; a cache
+    that quantizes groups of tokens (KIVI's per-channel keys, a residual window) then shows every
+    query the cache it would see in token-by-token decoding when ``step`` is that token group.
     """
-    if not isinstance(n_ctx, int) or n_ctx < 4:
+    if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 4:
         raise ValueError(f"n_ctx must be an int >= 4, got {n_ctx!r}")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool)
+                             or not 1 <= step <= n_ctx):
+        raise ValueError(f"step must be None or an int in 1..n_ctx={n_ctx}, got {step!r}")
+    if step is not None and not hasattr(model, "new_cache"):
+        raise TypeError(f"step needs a model with a KV cache (new_cache()), got {type(model).__name__}")
     ids = _tokens(tokenizer, text)
     n_chunks = ids.numel() // n_ctx
     if n_chunks < 2:
@@ -191,7 +207,10 @@ def llama_cpp_perplexity(model, tokenizer, text, n_ctx: int = 512) -> float:
     per_batch = max(1, WINDOW_BATCH_TOKENS // n_ctx)
     for i in range(0, n_chunks, per_batch):
         x = chunks[i:i + per_batch]                                  # (B, n_ctx)
-        logits = model(x)[:, first:-1].float()                       # (B, n_ctx-1-first, V)
+        if step is None:
+            logits = model(x)[:, first:-1].float()                   # (B, n_ctx-1-first, V)
+        else:
+            logits = _stepped_logits(model, x, step)[:, first:-1].float()
         target = x[:, first + 1:]                                     # (B, n_ctx-1-first)
         nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                reduction="sum").item()
