@@ -181,13 +181,15 @@ def _linger_lib() -> str | None:
     return str(lib)
 
 
-def _run_merged(name: str, *args, timeout: float = 900) -> str:
-    """Run a llama.cpp tool with stdout and stderr in one stream and return the text."""
+def _run_merged(name: str, *args, timeout: float = 900, env: dict | None = None) -> str:
+    """Run a llama.cpp tool with stdout and stderr in one stream and return the text.
+
+    env: variables added to this process's environment for the tool."""
     import os
 
     from . import llama_cpp
 
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     lib = _linger_lib()
     if lib:
         env["LD_PRELOAD"] = lib
@@ -199,13 +201,18 @@ def _run_merged(name: str, *args, timeout: float = 900) -> str:
     return proc.stdout
 
 
-def llama_perplexity(gguf_path, text: str, n_ctx: int = 512, threads: int = 2) -> float:
-    """``llama-perplexity``'s final estimate on ``text`` (written to a temporary file)."""
+def llama_perplexity(gguf_path, text: str, n_ctx: int = 512, threads: int = 2, *,
+                     extra_args: tuple = (), env: dict | None = None) -> float:
+    """``llama-perplexity``'s final estimate on ``text`` (written to a temporary file).
+
+    extra_args: more command-line arguments (e.g. ``("-fa", "on", "-ctk", "q8_0")``); env:
+    environment variables for the tool (e.g. ``{"LLAMA_ATTN_ROT_DISABLE": "1"}``).
+    """
     with tempfile.TemporaryDirectory() as d:
         f = Path(d) / "text.txt"
-        f.write_text(text, encoding="utf-8")
+        f.write_text(text + "\n", encoding="utf-8")   # llama-perplexity -f drops one trailing newline
         out = _run_merged("llama-perplexity", "-m", gguf_path, "-f", f, "-c", n_ctx, "-b", n_ctx,
-                          "-t", threads)
+                          "-t", threads, *extra_args, timeout=1800, env=env)
     m = re.search(r"Final estimate: PPL = ([0-9.]+)", out)
     if not m:
         raise RuntimeError("llama-perplexity printed no final estimate:\n" + "\n".join(out.splitlines()[-10:]))

@@ -455,30 +455,12 @@ def llama_cpp_perplexity(gguf, text: str, k_type: str = "f16", v_type: str = "f1
     tokens, second half scored). rotate=False sets ``LLAMA_ATTN_ROT_DISABLE=1``. Needs the tools
     of ``scripts/llama_cpp.sh`` (:func:`qlearn.llama_cpp.available`).
     """
-    import os
-    import re
-    import subprocess
-    import tempfile
-
-    from . import llama_cpp
+    from .deploy import llama_perplexity
 
     for t in (k_type, v_type):
         if t not in ("f32", "f16", "bf16", *GGML_TYPES):
             raise ValueError(f"llama.cpp has no cache type {t!r}; expected f32, f16, bf16 or one "
                              f"of {tuple(GGML_TYPES)}")
-    env = {**os.environ, "LLAMA_ATTN_ROT_DISABLE": "0" if rotate else "1"}
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "text.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text + "\n")            # llama-perplexity -f drops one trailing newline
-        proc = subprocess.run(
-            [str(llama_cpp.tool("llama-perplexity")), "-m", str(gguf), "-f", path,
-             "-c", str(n_ctx), "-b", str(n_ctx), "-t", str(threads), "-fa", "on",
-             "-ctk", k_type, "-ctv", v_type], capture_output=True, text=True, env=env,
-            timeout=1800)
-    out = proc.stdout + proc.stderr
-    m = re.search(r"Final estimate: PPL = ([0-9.]+)", out)
-    if proc.returncode or not m:
-        tail = "\n".join(out.splitlines()[-15:])
-        raise RuntimeError(f"llama-perplexity failed (exit {proc.returncode}):\n{tail}")
-    return float(m.group(1))
+    return llama_perplexity(gguf, text, n_ctx, threads,
+                            extra_args=("-fa", "on", "-ctk", k_type, "-ctv", v_type),
+                            env={"LLAMA_ATTN_ROT_DISABLE": "0" if rotate else "1"})
