@@ -40,7 +40,7 @@ OUT = Path(__file__).resolve().parents[1] / "qlearn" / "data" / "quality_table.j
 N_CTX = 512
 N_CHUNKS = 4                  # 2048 evaluation tokens, 1024 of them scored (CPU budget)
 CALIB_TOKENS = 4096           # calibration tokens for imatrix, AWQ, SmoothQuant
-GPTQ_CALIB = (1024, 4096)  # GPTQ calibration sizes measured (3-bit); the table uses the last
+GPTQ_CALIB = (512, 1024, 2048, 4096)  # GPTQ 3-bit calibration sweep; the table uses the last
 GROUP = 64                    # 576 (SmolLM2's width) is not a multiple of 128: g64 is the nearest
 FP16_BITS, FP32_BITS = 16, 32
 
