@@ -138,7 +138,7 @@ def run_row(spec, model, tok, val_text, calib_ids, imatrix, tmp: Path) -> dict:
                 "bpw": _bpw_linears(model, bits + (FP16_BITS + bits) / GROUP), "ppl": _ppl(qm, tok, val_text)}
     if kind == "awq":
         bits = spec[1]
-        qm, _ = awq.awq_model(model, calib, w_bit=bits, group_size=GROUP, progress=False)
+        qm, _ = awq.awq_model(model, calib, bits=bits, group_size=GROUP, progress=False)
         return {"method": "AWQ", "bits": bits, "group": GROUP, "calib_tokens": calib.numel(),
                 "bpw": _bpw_linears(model, bits + (FP16_BITS + bits) / GROUP), "ppl": _ppl(qm, tok, val_text)}
     if kind == "bnb":
