@@ -24,7 +24,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("_ckernels.c")
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c99")
-LIBS = ("-lpthread",)
+LIBS = ("-lpthread", "-lm")
 COMPILE_TIMEOUT_S = 120
 ENV_DISABLE = "QLEARN_NO_CC"
 
@@ -99,6 +99,10 @@ def load(simd: bool = True) -> ctypes.CDLL | None:
                                ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                ctypes.c_void_p, ctypes.c_int]
                 fn.restype = ctypes.c_int
+                qz = lib.qlearn_quantize_q8
+                qz.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                               ctypes.c_void_p, ctypes.c_void_p]
+                qz.restype = ctypes.c_int
                 lib.qlearn_simd.restype = ctypes.c_char_p
                 info.update(path=str(path), compiler=cc, flags=" ".join(flags),
                             simd=lib.qlearn_simd().decode())

@@ -27,6 +27,7 @@
  * k-quants; one per 32 for Q8_0, the legacy types) and bs32, the sum of each 32 codes.
  */
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -348,6 +349,92 @@ static float row_q6_k(const uint8_t *src, int64_t nb, const int8_t *xq, const fl
     }
     return acc;
 #endif
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Activation quantizers: the same float32 operations as qlearn.kernels.quantize_q8_k and     */
+/* quantize_q8_0 (bit-identical, tested), plus the sum of each 32 codes (bs32)               */
+/* ---------------------------------------------------------------------------------------- */
+
+/* float -> IEEE half -> float: round to nearest even, as numpy's astype(float16) */
+static float round_fp16(float f) {
+#ifdef QL_AVX2
+    return _cvtsh_ss(_cvtss_sh(f, 0));
+#else
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u, e = (x >> 23) & 255, m = x & 0x7fffffu;
+    uint16_t h;
+    if (e == 255) {
+        h = (uint16_t)(sign | 0x7c00u | (m ? 0x200u : 0));
+    } else if (e > 142) { /* >= 2^16: overflow to inf */
+        h = (uint16_t)(sign | 0x7c00u);
+    } else if (e >= 113) { /* normal half: keep 10 mantissa bits, round to nearest even */
+        uint32_t v = ((e - 112) << 10) | (m >> 13), rest = m & 0x1fffu;
+        if (rest > 0x1000u || (rest == 0x1000u && (v & 1))) v++; /* may carry into the exponent */
+        h = (uint16_t)(sign | v);
+    } else if (e >= 102) { /* subnormal half */
+        uint32_t full = m | 0x800000u, shift = 126 - e; /* 14..24 */
+        uint32_t v = full >> shift, rest = full & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rest > half || (rest == half && (v & 1))) v++;
+        h = (uint16_t)(sign | v);
+    } else {
+        h = (uint16_t)sign;
+    }
+    uint8_t b[2] = {(uint8_t)h, (uint8_t)(h >> 8)};
+    return fp16(b);
+#endif
+}
+
+static void sums32(const int8_t *xq, int64_t n, int32_t *bs32) {
+    for (int64_t k = 0; k < n / 32; k++) {
+        int32_t t = 0;
+        for (int l = 0; l < 32; l++) t += xq[32 * k + l];
+        bs32[k] = t;
+    }
+}
+
+/* kind 0: Q8_K (256-blocks, d = 1 / iscale, codes = min(127, rint(iscale * x))) for the
+ * k-quants; kind 1: Q8_0 (32-blocks, codes = roundf(x / d), d rounded to fp16) for the rest.
+ * xq: n codes, xd: one scale per block, bs32: n / 32 sums. Returns 0, or -1 for a bad kind. */
+int qlearn_quantize_q8(int kind, const float *x, int64_t n, int8_t *xq, float *xd, int32_t *bs32) {
+    if (kind == 0) {
+        for (int64_t i = 0; i < n / 256; i++) {
+            const float *v = x + 256 * i;
+            float amax = 0, mx = 0;
+            for (int l = 0; l < 256; l++) { /* first entry of largest magnitude */
+                float a = fabsf(v[l]);
+                if (a > amax) { amax = a; mx = v[l]; }
+            }
+            if (amax == 0) {
+                xd[i] = 0;
+                memset(xq + 256 * i, 0, 256);
+                continue;
+            }
+            float iscale = -127.0f / mx;
+            for (int l = 0; l < 256; l++) {
+                float r = nearbyintf(iscale * v[l]); /* ties to even (default rounding mode) */
+                xq[256 * i + l] = (int8_t)(r < 127.0f ? r : 127.0f);
+            }
+            xd[i] = 1.0f / iscale;
+        }
+    } else if (kind == 1) {
+        for (int64_t i = 0; i < n / 32; i++) {
+            const float *v = x + 32 * i;
+            float amax = 0;
+            for (int l = 0; l < 32; l++) {
+                float a = fabsf(v[l]);
+                amax = a > amax ? a : amax;
+            }
+            float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+            for (int l = 0; l < 32; l++) xq[32 * i + l] = (int8_t)roundf(v[l] * id); /* ties away */
+            xd[i] = round_fp16(d);
+        }
+    } else {
+        return -1;
+    }
+    sums32(xq, n, bs32);
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------- */

@@ -844,16 +844,31 @@ def quantize_activations(x: np.ndarray, qtype: str) -> tuple[np.ndarray, np.ndar
     x: (cols,) float32, C-contiguous. Returns ``xq: (cols,) int8``, ``xd: (n_blocks,)
     float32`` and ``bs32: (cols // 32,) int32``, the sum of each 32 activation codes (used by
     the min terms of Q4_K, Q4_1 and Q5_1).
-    Same values as :func:`quantize_q8_k` / :func:`quantize_q8_0` (tested), in one numba pass
+    Same values as :func:`quantize_q8_k` / :func:`quantize_q8_0` (tested, bit for bit), in
+    one pass of the compiled quantizer (``qlearn/_ckernels.c``) or, without it, of numba
     instead of ten numpy passes (it runs once per linear and token during decoding).
     """
+    from qlearn import _cbuild
+
     xq = np.empty(x.shape[0], dtype=np.int8)
     bs32 = np.empty(x.shape[0] // 32, dtype=np.int32)
-    if qtype in _Q8_0_ACTIVATIONS:
-        xd = np.empty(x.shape[0] // QK_LEGACY, dtype=np.float32)
+    q8_0 = qtype in _Q8_0_ACTIVATIONS
+    xd = np.empty(x.shape[0] // (QK_LEGACY if q8_0 else QK_K), dtype=np.float32)
+    lib = _cbuild.load()
+    if lib is not None:
+        lib.qlearn_quantize_q8(ACT_KIND[q8_0], x.ctypes.data, x.shape[0], xq.ctypes.data,
+                               xd.ctypes.data, bs32.ctypes.data)
+        return xq, xd, bs32
+    return _quantize_activations_numba(x, q8_0, xq, xd, bs32)
+
+
+ACT_KIND = {False: 0, True: 1}  # Q8_K, Q8_0: the activation format ids of the C quantizer
+
+
+def _quantize_activations_numba(x, q8_0, xq, xd, bs32):
+    if q8_0:
         _quantize_q8_0_codes(x, xq, xd, bs32)
         return xq, xd.astype(np.float16).astype(np.float32), bs32
-    xd = np.empty(x.shape[0] // QK_K, dtype=np.float32)
     _quantize_q8_k_into(x, xq, xd, bs32)
     return xq, xd, bs32
 
