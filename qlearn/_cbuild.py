@@ -68,6 +68,44 @@ def _compile(cc: str, flags: tuple[str, ...], dst: Path) -> str | None:
             os.unlink(tmp)
 
 
+SELFTEST_RTOL = 1e-5  # the kernels' float32 tolerance (tests/test_kernels.py)
+
+
+def _selftest(lib) -> str | None:
+    """Every type's C matvec and the activation quantizer on small random blocks against the
+    numpy reference: a miscompiled build (it happens: see the Q8_0 loop in the source) is
+    refused, and the numba kernels run instead. None when all agree, else the reason."""
+    import numpy as np
+
+    from qlearn import kernels
+
+    rng = np.random.default_rng(0)
+    for name in kernels.MATVEC_TYPES:
+        bs, ts = kernels.block_info(name)
+        cols = 2 * max(bs, 64)
+        q = rng.integers(0, 256, (3, cols // bs * ts), dtype=np.uint8).reshape(3, -1, ts)
+        for off in {"Q4_K": (0, 2), "Q6_K": (208,), "Q4_1": (0, 2), "Q5_1": (0, 2)}.get(name, (0,)):
+            q[:, :, off:off + 2] = (rng.uniform(0.5, 1.5, q.shape[:2]) * 0.01).astype(np.float16)[..., None].view(np.uint8)
+        q = np.ascontiguousarray(q.reshape(3, -1))
+        x = rng.standard_normal(cols).astype(np.float32)
+        xq, xd, bs32 = (np.empty(cols, np.int8), np.empty(cols // 32, np.float32),
+                        np.empty(cols // 32, np.int32))
+        q8_0 = name in kernels._Q8_0_ACTIVATIONS
+        lib.qlearn_quantize_q8(int(q8_0), x.ctypes.data, cols, xq.ctypes.data, xd.ctypes.data,
+                               bs32.ctypes.data)
+        want = kernels.quantize_q8_0(x) if q8_0 else kernels.quantize_q8_k(x)[:2]
+        if not (np.array_equal(xq, want[0]) and np.array_equal(xd[:len(want[1])], want[1])):
+            return f"self-test failed: activation quantizer ({'Q8_0' if q8_0 else 'Q8_K'})"
+        y = np.empty(3, np.float32)
+        lib.qlearn_matvec(kernels._TID[name], q.ctypes.data, 3, q.shape[1], cols, xq.ctypes.data,
+                          xd.ctypes.data, bs32.ctypes.data, y.ctypes.data, 1)
+        ref = kernels.matvec_reference(q, name, x)
+        W = kernels.dequantize(q, name, parallel=False).astype(np.float64)
+        if not np.all(np.abs(y - ref) <= SELFTEST_RTOL * (np.abs(W) @ np.abs(x)) * 1.01 + 1e-30):
+            return f"self-test failed: {name} matvec disagrees with matvec_reference"
+    return None
+
+
 def load(simd: bool = True) -> ctypes.CDLL | None:
     """The compiled kernels (built at the first call), or None if they cannot be had.
 
@@ -106,6 +144,9 @@ def load(simd: bool = True) -> ctypes.CDLL | None:
                 lib.qlearn_simd.restype = ctypes.c_char_p
                 info.update(path=str(path), compiler=cc, flags=" ".join(flags),
                             simd=lib.qlearn_simd().decode())
+                err = _selftest(lib)
+                if err is not None:
+                    lib = None
             except (OSError, AttributeError) as e:
                 lib, err = None, f"could not load {path.name}: {e}"
         if err is not None:

@@ -181,7 +181,10 @@ static float row_q8_0(const uint8_t *src, int64_t nb, const int8_t *xq, const fl
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *b = src + 34 * i;
         int32_t sumi = 0;
-        for (int l = 0; l < 32; l++) sumi += (int32_t)(int8_t)b[2 + l] * xq[32 * i + l];
+        /* int16 products, as the numba kernel: GCC 12 with -march=native on an AVX512-VNNI
+         * CPU turns the int8 x int8 -> int32 form of this loop into vpdpbusd, which treats one
+         * operand as unsigned (wrong sums); qlearn._cbuild also self-tests every build */
+        for (int l = 0; l < 32; l++) sumi += (int16_t)((int16_t)(int8_t)b[2 + l] * (int16_t)xq[32 * i + l]);
         acc += (float)sumi * (fp16(b) * xd[i]);
     }
     return acc;
