@@ -249,6 +249,8 @@ static float row_q4_k(const uint8_t *src, int64_t nb, const int8_t *xq, const fl
 #ifdef QL_AVX2
     __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
     const __m256i low4 = _mm256_set1_epi8(15);
+    __m256i bcast[8]; /* shuffle controls: int16 lane j of sc16 into every lane */
+    for (int j = 0; j < 8; j++) bcast[j] = _mm256_set1_epi16((short)(((2 * j + 1) << 8) | (2 * j)));
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *b = src + 144 * i;
         uint8_t sc[8], mn[8];
@@ -260,18 +262,25 @@ static float row_q4_k(const uint8_t *src, int64_t nb, const int8_t *xq, const fl
                                           _mm256_loadu_si256((const __m256i *)(bs32 + 8 * i)));
         __m256i sumi = _mm256_setzero_si256();
         const int8_t *y = xq + 256 * i;
-        for (int c = 0; c < 4; c++) { /* 32 bytes: sub-blocks 2c (low nibbles), 2c + 1 (high) */
+        /* [q4_k inner loop] (chapter 13 prints the lines between these markers) */
+        for (int c = 0; c < 4; c++) {
+            /* 32 code bytes: sub-block 2c in the low nibbles, 2c + 1 in the high */
             __m256i q4 = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * c));
             __m256i lo = _mm256_and_si256(q4, low4);
             __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), low4);
-            /* code x activation in pairs (int16), then times the sub-block's scale (int32) */
-            __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y + 64 * c)));
-            __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y + 64 * c + 32)));
-            __m256i s0 = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(((4 * c + 1) << 8) | (4 * c))));
-            __m256i s1 = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(((4 * c + 3) << 8) | (4 * c + 2))));
+            __m256i a0 = _mm256_loadu_si256((const __m256i *)(y + 64 * c));
+            __m256i a1 = _mm256_loadu_si256((const __m256i *)(y + 64 * c + 32));
+            /* code x activation, adjacent pairs summed: 16 int16 lanes */
+            __m256i p0 = _mm256_maddubs_epi16(lo, a0);
+            __m256i p1 = _mm256_maddubs_epi16(hi, a1);
+            /* the sub-block's scale in every int16 lane */
+            __m256i s0 = _mm256_shuffle_epi8(sc16, bcast[2 * c]);
+            __m256i s1 = _mm256_shuffle_epi8(sc16, bcast[2 * c + 1]);
+            /* times the scale, pairs summed into 8 int32 lanes */
             sumi = QL_DPWSSD(sumi, p0, s0);
             sumi = QL_DPWSSD(sumi, p1, s1);
         }
+        /* [end q4_k inner loop] */
         acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16(b) * xd[i]), _mm256_cvtepi32_ps(sumi), acc);
         accm = _mm256_fmadd_ps(_mm256_set1_ps(fp16(b + 2) * xd[i]), _mm256_cvtepi32_ps(mins), accm);
     }
