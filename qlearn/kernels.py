@@ -8,11 +8,15 @@ bytes, ``row_bytes = cols // block_size * type_size``.
   Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS. Bit-identical to ggml's ``dequantize_row_<t>``: every
   float32 operation is done in ggml's C source order, rounded separately (``fastmath=False``,
   so LLVM may not fuse a multiply and an add into an FMA).
-- :func:`matvec` ``(q, qtype, x) -> (rows,) float32`` for Q4_K, Q6_K, Q8_0 and Q5_0, fused: the
-  weights are never expanded to a float32 matrix. By default the activations are quantized
-  to 8 bits first, exactly as ggml's CPU backend does (see :func:`matvec` for why).
-  :func:`matvec_reference` is the same computation written plainly in numpy (integer sums
+- :func:`matvec` ``(q, qtype, x) -> (rows,) float32`` for Q4_K, Q6_K, Q8_0, Q5_0, Q4_0, Q4_1 and
+  Q5_1, fused: the weights are never expanded to a float32 matrix. By default the activations
+  are quantized to 8 bits first, exactly as ggml's CPU backend does (see :func:`matvec` for
+  why). :func:`matvec_reference` is the same computation written plainly in numpy (integer sums
   per sub-block, then the scales), the readable version the fast kernels are tested against.
+  Two fast backends (:func:`backend`): the compiled C kernels of ``qlearn/_ckernels.c``
+  (AVX2 / AVX512-VNNI intrinsics with a portable C path, built at first use by
+  :mod:`qlearn._cbuild` with the system compiler) and, without a compiler, the numba kernels
+  of this module.
 
 ``dequantize`` runs rows in parallel with numba ``prange`` by default (``parallel=False`` for one
 thread); ``matvec`` is single-threaded by default (``parallel=True`` to spread rows).
