@@ -29,7 +29,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from qlearn import blocktypes
+from qlearn import _threads, blocktypes
+
+_threads.launch()  # numba's pool now, not at the first parallel kernel (which resets torch's)
 
 __all__ = [
     "SUPPORTED",

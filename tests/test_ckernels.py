@@ -203,3 +203,17 @@ def test_build_cache_is_keyed_atomic_and_safe_for_concurrent_builds(tmp_path, mo
     finally:
         monkeypatch.undo()
         _cbuild.reset()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs for numba to start 2 threads")
+def test_numba_thread_pool_keeps_torch_thread_count():
+    """numba's OpenMP pool, started by a parallel kernel, used to reset torch's thread count to
+    numba's (qlearn._threads): a fresh process keeps torch.set_num_threads(1)."""
+    code = ("import torch; torch.set_num_threads(1); torch.randn(1, 3, 65, 64).repeat_interleave(3, dim=1); "
+            "import numpy as np; from qlearn import kernels; "
+            "kernels.dequantize(np.zeros((4, 288), np.uint8), 'Q4_K', parallel=True); "
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, NUMBA_NUM_THREADS="2"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "1"
