@@ -159,37 +159,52 @@ def dequantize_and_quantize_sections(args, q, W, kquants) -> None:
 
 def matvec_section(args, q, x) -> None:
     n = args.size
+    info = kernels.backend_info()
     print("\n== fused matvec y = W_q @ x: ratios to a torch float32 matvec in the same run ==")
+    print(f"default backend: {info['backend']} "
+          + (f"({info['simd']}, {info['compiler']} {info['flags']})" if info["backend"] == "c"
+             else f"({info['reason']})"))
     print("CPU time of this process (time.process_time) per call, medians of "
           f"{3 * args.repeats} calls; {args.rounds} rounds interleave torch and the kernels so "
           "that load from other processes hits both alike")
+    backends = ["c", "numba"] if info["backend"] == "c" else ["numba"]
     Wt = torch.from_numpy(kernels.dequantize(q["Q4_K"], "Q4_K"))
     xt = torch.from_numpy(x)
-    ratios = {t: [] for t in MATVEC_TARGETS}
+    ratios = {(t, b): [] for t in MATVEC_TARGETS for b in backends}
     for rnd in range(args.rounds):
         t_torch = median_cpu_time(lambda: Wt @ xt, 3 * args.repeats)
         line = [f"round {rnd + 1}: torch f32 {t_torch * 1e3:5.2f} ms"]
         for t in MATVEC_TARGETS:
-            s = median_cpu_time(lambda: kernels.matvec(q[t], t, x), 3 * args.repeats)
-            ratios[t].append(t_torch / s)
-            line.append(f"{t} {s * 1e3:5.2f} ms {t_torch / s:4.2f}x")
-        print(" | ".join(line))
+            for b in backends:
+                s = median_cpu_time(lambda: kernels.matvec(q[t], t, x, backend=b), 3 * args.repeats)
+                ratios[t, b].append(t_torch / s)
+                line.append(f"{t} {b} {s * 1e3:5.2f} ms {t_torch / s:4.2f}x")
+        print(" | ".join(line[:1 + len(backends)]))
+        for k in range(1 + len(backends), len(line), len(backends)):
+            print("         " + " | ".join(line[k:k + len(backends)]))
     print("median ratio over rounds (target):")
     for t, target in MATVEC_TARGETS.items():
-        r = float(np.median(ratios[t]))
-        print(f"  {t}: {r:4.2f}x torch float32 ({q[t].nbytes / 1e6:5.1f} MB read vs {n * n * 4 / 1e6:.0f} MB), "
-              f"target >= {target}x: {'met' if r >= target else 'NOT met'}")
+        for b in backends:
+            r = float(np.median(ratios[t, b]))
+            ok = "met" if r >= target else "NOT met"
+            print(f"  {t} {b:<5}: {r:4.2f}x torch float32 ({q[t].nbytes / 1e6:5.1f} MB read vs "
+                  f"{n * n * 4 / 1e6:.0f} MB), target >= {target}x: {ok}")
     for t in MATVEC_TARGETS:
-        for act in ("f32",):
-            s = median_time(lambda: kernels.matvec(q[t], t, x, activations=act, parallel=False), 3 * args.repeats,
-                            f"matvec {t} {act}")
-            print(f"{t} f32 activations (dequantized tiles + BLAS): {s * 1e3:6.2f} ms wall")
-    print(f"\n== threads: numba parallel matvec, wall time, {numba.get_num_threads()} threads vs 1 ==")
+        s = median_time(lambda: kernels.matvec(q[t], t, x, activations="f32", parallel=False),
+                        3 * args.repeats, f"matvec {t} f32")
+        print(f"{t} f32 activations (dequantized tiles + BLAS): {s * 1e3:6.2f} ms wall")
+    threads = numba.get_num_threads()
+    print(f"\n== threads: matvec with rows split over {threads} threads (parallel=True) vs 1, "
+          "wall time ==")
     for t in MATVEC_TARGETS:
-        s1 = median_time(lambda: kernels.matvec(q[t], t, x, parallel=False), 3 * args.repeats)
-        sp = median_time(lambda: kernels.matvec(q[t], t, x, parallel=True), 3 * args.repeats)
-        print(f"{t}: 1 thread {s1 * 1e3:6.2f} ms, {numba.get_num_threads()} threads {sp * 1e3:6.2f} ms, "
-              f"speed-up {s1 / sp:4.2f}x (wall time: only meaningful on an idle machine)")
+        for b in backends:
+            s1 = median_time(lambda: kernels.matvec(q[t], t, x, backend=b), 3 * args.repeats)
+            sp = median_time(lambda: kernels.matvec(q[t], t, x, backend=b, parallel=True),
+                             3 * args.repeats)
+            print(f"{t} {b:<5}: 1 thread {s1 * 1e3:6.3f} ms, {threads} threads {sp * 1e3:6.3f} ms, "
+                  f"speed-up {s1 / sp:4.2f}x")
+    print("(wall time: a speed-up near the thread count needs that many idle cores; "
+          f"load average now {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":

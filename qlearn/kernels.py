@@ -8,11 +8,15 @@ bytes, ``row_bytes = cols // block_size * type_size``.
   Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS. Bit-identical to ggml's ``dequantize_row_<t>``: every
   float32 operation is done in ggml's C source order, rounded separately (``fastmath=False``,
   so LLVM may not fuse a multiply and an add into an FMA).
-- :func:`matvec` ``(q, qtype, x) -> (rows,) float32`` for Q4_K, Q6_K, Q8_0 and Q5_0, fused: the
-  weights are never expanded to a float32 matrix. By default the activations are quantized
-  to 8 bits first, exactly as ggml's CPU backend does (see :func:`matvec` for why).
-  :func:`matvec_reference` is the same computation written plainly in numpy (integer sums
+- :func:`matvec` ``(q, qtype, x) -> (rows,) float32`` for Q4_K, Q6_K, Q8_0, Q5_0, Q4_0, Q4_1 and
+  Q5_1, fused: the weights are never expanded to a float32 matrix. By default the activations
+  are quantized to 8 bits first, exactly as ggml's CPU backend does (see :func:`matvec` for
+  why). :func:`matvec_reference` is the same computation written plainly in numpy (integer sums
   per sub-block, then the scales), the readable version the fast kernels are tested against.
+  Two fast backends (:func:`backend`): the compiled C kernels of ``qlearn/_ckernels.c``
+  (AVX2 / AVX512-VNNI intrinsics with a portable C path, built at first use by
+  :mod:`qlearn._cbuild` with the system compiler) and, without a compiler, the numba kernels
+  of this module.
 
 ``dequantize`` runs rows in parallel with numba ``prange`` by default (``parallel=False`` for one
 thread); ``matvec`` is single-threaded by default (``parallel=True`` to spread rows).
@@ -25,7 +29,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from qlearn import blocktypes
+from qlearn import _threads, blocktypes
+
+_threads.launch()  # numba's pool now, not at the first parallel kernel (which resets torch's)
 
 __all__ = [
     "SUPPORTED",
@@ -37,6 +43,9 @@ __all__ = [
     "quantize_q8_0",
     "quantize_activations",
     "matvec_reference",
+    "backend",
+    "backend_info",
+    "fused_kernel",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -49,7 +58,7 @@ SUPPORTED = (
     "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
     "IQ4_NL", "IQ4_XS",
 )
-MATVEC_TYPES = ("Q4_K", "Q6_K", "Q8_0", "Q5_0")
+MATVEC_TYPES = ("Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q4_0", "Q4_1", "Q5_1")
 
 # Integer ids the numba driver branches on (index into SUPPORTED).
 _TID = {name: i for i, name in enumerate(SUPPORTED)}
@@ -671,6 +680,45 @@ def _mv_row_q5_0(src, xq, xd, bs32, lut, n32):
     return acc
 
 
+@njit(cache=True)
+def _mv_row_legacy(src, xq, xd, bs32, lut, n32, bsize, off, has_qh, has_min, zero):
+    """Q4_0, Q4_1, Q5_1 (and Q5_0): ``code = nibble | fifth bit << 4`` (5-bit types, bits in
+    the uint32 before the nibbles), weight ``d * (code - zero)`` (+ ``m`` for the types with a
+    min, whose term is ``m * xd * (sum of the 32 activation codes)``, from ``bs32``)."""
+    acc = _f32(0)
+    n16 = n32 // 2
+    for i in range(xq.shape[0] // QK_LEGACY):
+        o = i * bsize
+        qh = _u32(src, o + off - 4) if has_qh else _u32t(0)
+        sumi = _i32(0)
+        for l in range(n16):
+            b = _i32(src[o + off + l])
+            w0 = ((b & 15) | _i32(((qh >> _u32t(l)) & _u32t(1)) << _u32t(4))) - zero
+            w1 = ((b >> 4) | _i32(((qh >> _u32t(l + 16)) & _u32t(1)) << _u32t(4))) - zero
+            sumi = _i32(sumi + w0 * _i32(xq[32 * i + l]) + w1 * _i32(xq[32 * i + 16 + l]))
+        acc += _f32(sumi) * (_fp16(src, o, lut) * xd[i])
+        if has_min:
+            acc += (_fp16(src, o + 2, lut) * xd[i]) * _f32(bs32[i])
+    return acc
+
+
+# (bytes per block, offset of the nibbles, 5-bit?, has a min?, zero code) of the legacy types
+_LEGACY = {"Q4_0": (18, 2, False, False, 8), "Q4_1": (20, 4, False, True, 0),
+           "Q5_1": (24, 8, True, True, 0)}
+
+
+@njit(cache=True)
+def _matvec_legacy_serial(q, xq, xd, bs32, lut, y, n32, bsize, off, has_qh, has_min, zero):
+    for r in range(q.shape[0]):
+        y[r] = _mv_row_legacy(q[r], xq, xd, bs32, lut, n32, bsize, off, has_qh, has_min, zero)
+
+
+@njit(cache=True, parallel=True)
+def _matvec_legacy_parallel(q, xq, xd, bs32, lut, y, n32, bsize, off, has_qh, has_min, zero):
+    for r in prange(q.shape[0]):
+        y[r] = _mv_row_legacy(q[r], xq, xd, bs32, lut, n32, bsize, off, has_qh, has_min, zero)
+
+
 # One driver per type and threading mode: each compiles only when first used, and LLVM
 # optimizes each row kernel in its own loop (dispatching on the type inside one shared
 # driver made the Q6_K kernel 2x slower).
@@ -730,7 +778,19 @@ _MATVEC_Q8 = {
     ("Q8_0", False): _matvec_q8_0_serial, ("Q8_0", True): _matvec_q8_0_parallel,
     ("Q5_0", False): _matvec_q5_0_serial, ("Q5_0", True): _matvec_q5_0_parallel,
 }
-_Q8_0_ACTIVATIONS = ("Q8_0", "Q5_0")  # weight types whose activations are Q8_0 (32-blocks)
+
+
+def _numba_kernel(name: str, parallel: bool):
+    """The numba matvec of type ``name``: ``f(q, xq, xd, bs32, y)`` writes y (no checks)."""
+    if name in _LEGACY:
+        drv = _matvec_legacy_parallel if parallel else _matvec_legacy_serial
+        args = _LEGACY[name]
+        return lambda q, xq, xd, bs32, y: drv(q, xq, xd, bs32, _FP16_TO_F32, y, _N32, *args)
+    drv = _MATVEC_Q8[name, bool(parallel)]
+    return lambda q, xq, xd, bs32, y: drv(q, xq, xd, bs32, _FP16_TO_F32, y, _N32)
+
+
+_Q8_0_ACTIVATIONS = ("Q8_0", "Q5_0", "Q4_0", "Q4_1", "Q5_1")  # weight types whose activations are Q8_0 (32-blocks)
 
 
 @njit(cache=True)
@@ -764,8 +824,9 @@ def _quantize_q8_k_into(x, qs, d, bs32):
 
 
 @njit(cache=True)
-def _quantize_q8_0_codes(x, qs, d):
-    """The codes of :func:`quantize_q8_0` (float32 scale ``d`` before its fp16 rounding)."""
+def _quantize_q8_0_codes(x, qs, d, bs32):
+    """The codes of :func:`quantize_q8_0` (float32 scale ``d`` before its fp16 rounding) and
+    the sum of each block's 32 codes."""
     for i in range(x.shape[0] // QK_LEGACY):
         o = QK_LEGACY * i
         amax = _f32(0)
@@ -777,35 +838,121 @@ def _quantize_q8_0_codes(x, qs, d):
         for l in range(QK_LEGACY):
             v = np.float64(x[o + l] * idv)  # float32 product, then exact float64 rounding
             qs[o + l] = np.int8(np.trunc(v + (0.5 if v >= 0 else -0.5)))  # ties away from zero
+        t = _i32(0)
+        for l in range(QK_LEGACY):
+            t += _i32(qs[o + l])
+        bs32[i] = t
 
 
 def quantize_activations(x: np.ndarray, qtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The activation operand of the q8 matvec of weight type ``qtype`` (no input checks).
 
     x: (cols,) float32, C-contiguous. Returns ``xq: (cols,) int8``, ``xd: (n_blocks,)
-    float32`` and ``bs32: (cols // 32,) int32``, the sum of each 32 activation codes (Q8_K
-    types; used by the Q4_K min term), or a 1-element dummy for the Q8_0-activation types.
-    Same values as :func:`quantize_q8_k` / :func:`quantize_q8_0` (tested), in one numba pass
+    float32`` and ``bs32: (cols // 32,) int32``, the sum of each 32 activation codes (used by
+    the min terms of Q4_K, Q4_1 and Q5_1).
+    Same values as :func:`quantize_q8_k` / :func:`quantize_q8_0` (tested, bit for bit), in
+    one pass of the compiled quantizer (``qlearn/_ckernels.c``) or, without it, of numba
     instead of ten numpy passes (it runs once per linear and token during decoding).
     """
+    from qlearn import _cbuild
+
     xq = np.empty(x.shape[0], dtype=np.int8)
-    if qtype in _Q8_0_ACTIVATIONS:
-        xd = np.empty(x.shape[0] // QK_LEGACY, dtype=np.float32)
-        _quantize_q8_0_codes(x, xq, xd)
-        return xq, xd.astype(np.float16).astype(np.float32), np.zeros(1, dtype=np.int32)
-    xd = np.empty(x.shape[0] // QK_K, dtype=np.float32)
     bs32 = np.empty(x.shape[0] // 32, dtype=np.int32)
+    q8_0 = qtype in _Q8_0_ACTIVATIONS
+    xd = np.empty(x.shape[0] // (QK_LEGACY if q8_0 else QK_K), dtype=np.float32)
+    lib = _cbuild.load()
+    if lib is not None:
+        lib.qlearn_quantize_q8(ACT_KIND[q8_0], x.ctypes.data, x.shape[0], xq.ctypes.data,
+                               xd.ctypes.data, bs32.ctypes.data)
+        return xq, xd, bs32
+    return _quantize_activations_numba(x, q8_0, xq, xd, bs32)
+
+
+ACT_KIND = {False: 0, True: 1}  # Q8_K, Q8_0: the activation format ids of the C quantizer
+
+
+def _quantize_activations_numba(x, q8_0, xq, xd, bs32):
+    if q8_0:
+        _quantize_q8_0_codes(x, xq, xd, bs32)
+        return xq, xd.astype(np.float16).astype(np.float32), bs32
     _quantize_q8_k_into(x, xq, xd, bs32)
     return xq, xd, bs32
 
 
+# --------------------------------------------------------------------------------------------
+# Backends of the q8 matvec: the compiled C kernels (qlearn/_ckernels.c, built at first use by
+# qlearn._cbuild with the system compiler) when a compiler is there, else the numba kernels
+# above. Both compute the same exact integer block sums; they differ in float32 summation order.
+# --------------------------------------------------------------------------------------------
+
+BACKENDS = ("c", "numba")
+
+
+def backend() -> str:
+    """Which q8 matvec backend runs by default: "c" (the compiled kernels of
+    ``qlearn/_ckernels.c``) or "numba" (no C compiler, a failed build, or ``QLEARN_NO_CC=1``).
+    :func:`backend_info` says why and which SIMD path was compiled."""
+    from qlearn import _cbuild
+
+    return "c" if _cbuild.load() is not None else "numba"
+
+
+def backend_info() -> dict:
+    """``{"backend": "c" | "numba", "simd": ..., "path": ..., "compiler": ..., "flags": ...}``
+    for the compiled kernels, or ``{"backend": "numba", "reason": ...}``."""
+    from qlearn import _cbuild
+
+    return {"backend": backend(), **_cbuild.status()}
+
+
+def _threads(parallel: bool) -> int:
+    return numba.get_num_threads() if parallel else 1
+
+
+def _c_kernel(lib, name: str, parallel: bool):
+    """The C matvec of type ``name`` as ``f(q, xq, xd, bs32, y)`` (no checks: callers validate
+    shapes and dtypes, the C code trusts them)."""
+    fn, tid, nthreads = lib.qlearn_matvec, _TID[name], _threads(parallel)
+    bs = block_info(name)[0]
+
+    def run(q, xq, xd, bs32, y):
+        cols = xq.shape[0]
+        rc = fn(tid, q.ctypes.data, q.shape[0], q.shape[1], cols, xq.ctypes.data, xd.ctypes.data,
+                bs32.ctypes.data, y.ctypes.data, nthreads)
+        if rc != 0:  # not reachable with validated inputs; never return garbage silently
+            raise RuntimeError(f"qlearn C matvec failed with code {rc} for {name} ({bs}-blocks)")
+    return run
+
+
+def fused_kernel(qtype, *, parallel: bool = False, backend: str | None = None):
+    """The raw q8 matvec of ``qtype`` as ``f(q, xq, xd, bs32, y)``: q (rows, row_bytes) uint8
+    C-contiguous, ``xq, xd, bs32`` from :func:`quantize_activations`, y (rows,) float32 written
+    in place. No input checks (the model's linears validate once, then call it per token).
+    backend: "c", "numba" or None (the default of :func:`backend`).
+    """
+    from qlearn import _cbuild
+
+    name = _qtype_name(qtype)
+    if name not in MATVEC_TYPES:
+        raise ValueError(f"the q8-activation matvec supports {', '.join(MATVEC_TYPES)}, got {name}")
+    if backend not in (None,) + BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    if backend in (None, "c"):
+        lib = _cbuild.load()
+        if lib is not None:
+            return _c_kernel(lib, name, parallel)
+        if backend == "c":
+            raise ValueError(f"the C backend is not available: {_cbuild.status()['reason']}")
+    return _numba_kernel(name, parallel)
+
+
 def _matvec_q8(q: np.ndarray, qtype: str, x: np.ndarray, parallel: bool = False,
-               y: np.ndarray | None = None) -> np.ndarray:
+               y: np.ndarray | None = None, backend: str | None = None) -> np.ndarray:
     """:func:`matvec` with q8 activations, without input checks (callers have validated)."""
     if y is None:
         y = np.empty(q.shape[0], dtype=np.float32)
     xq, xd, bs32 = quantize_activations(x, qtype)
-    _MATVEC_Q8[qtype, bool(parallel)](q, xq, xd, bs32, _FP16_TO_F32, y, _N32)
+    fused_kernel(qtype, parallel=parallel, backend=backend)(q, xq, xd, bs32, y)
     return y
 
 
@@ -820,11 +967,13 @@ F32_TILE_BYTES = 1 << 20  # float32 tile size: 1 MiB stays in a core's L2 cache 
 ACTIVATIONS = ("q8", "f32")
 
 
-def matvec(q, qtype, x: np.ndarray, *, activations: str = "q8", parallel: bool = False) -> np.ndarray:
+def matvec(q, qtype, x: np.ndarray, *, activations: str = "q8", parallel: bool = False,
+           backend: str | None = None) -> np.ndarray:
     """Fused dequantize-and-multiply ``y = W @ x`` without materialising W in float32.
 
     q: (rows, row_bytes) uint8, the GGUF bytes of W: (rows, cols).
-    qtype: "Q4_K", "Q6_K", "Q8_0" or "Q5_0" (with ``activations="f32"`` every type in SUPPORTED).
+    qtype: a type in :data:`MATVEC_TYPES` (Q4_K, Q6_K, Q8_0, Q5_0, Q4_0, Q4_1, Q5_1; with
+        ``activations="f32"`` every type in SUPPORTED).
     x: (cols,) float32, finite.
     Returns y: (rows,) float32.
 
@@ -845,16 +994,20 @@ def matvec(q, qtype, x: np.ndarray, *, activations: str = "q8", parallel: bool =
     values in a cache-sized buffer and multiplied by x with a float32 BLAS matvec. No
     activation error, but it writes and re-reads 4 bytes per weight.
 
-    parallel: rows across numba's threads (True) or single-threaded (False, the default: one
-        4096x4096 product takes about a millisecond, the scale at which waking threads on a
-        shared machine can cost more than it saves).
+    parallel: rows split over ``numba.get_num_threads()`` threads (True) or one thread (False,
+        the default: one 4096x4096 product takes well under a millisecond, the scale at which
+        waking threads on a shared machine can cost more than it saves).
+    backend: for q8 activations, "c" (the compiled kernels of ``qlearn/_ckernels.c``), "numba"
+        (the numba kernels of this module) or None: "c" when it could be built (see
+        :func:`backend`). Both give the same exact integer block sums; the float32 sums of the
+        scaled blocks are added in a different order (agreement within float32 rounding).
 
-    Speed (4096 x 4096, one thread, AVX-512 EPYC, see ``benchmarks/bench_kquants.py``): Q4_K
-    about 4x faster than a float32 ``torch`` matvec on the same matrix, Q8_0 about 2x, Q6_K
-    about 1.6x (they read 4.5, 8.5 and 6.6 bits per weight instead of 32). ggml's
-    hand-written SIMD is faster still on Q8_0 and Q6_K: it keeps each block's partial sums in
-    vector lanes (``maddubs`` + ``madd`` with the scales), whereas the code LLVM generates from
-    these loops reduces each block's sum horizontally.
+    Speed (4096 x 4096, one thread, AVX-512 EPYC, see ``benchmarks/bench_kquants.py``): the
+    numba kernels are about 4x (Q4_K), 2x (Q8_0) and 1.6x (Q6_K) faster than a float32 ``torch``
+    matvec on the same matrix (they read 4.5, 8.5 and 6.6 bits per weight instead of 32). The
+    C kernels keep each block's partial sums in vector lanes (``maddubs`` / ``vpdpbusd`` +
+    ``vpdpwssd`` with the scales, the pattern of ggml's hand-written SIMD), which LLVM does not
+    generate from the numba loops; the benchmark prints both.
     """
     name, q, cols = _check_q(q, qtype)
     x = _check_x(x, cols)
@@ -868,7 +1021,7 @@ def matvec(q, qtype, x: np.ndarray, *, activations: str = "q8", parallel: bool =
                 f"the q8-activation matvec supports {', '.join(MATVEC_TYPES)}, got {name} "
                 "(use activations='f32', or dequantize() and a float matmul)"
             )
-        _matvec_q8(q, name, x, parallel, y)
+        _matvec_q8(q, name, x, parallel, y, backend)
     else:
         tile = max(1, F32_TILE_BYTES // (4 * cols))
         buf = np.empty((min(tile, q.shape[0]), cols), dtype=np.float32)

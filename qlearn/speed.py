@@ -26,6 +26,10 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from qlearn import _threads
+
+_threads.launch()  # numba's pool now, so that its start does not reset torch's thread count
+
 __all__ = ["triad_bandwidth", "matmul_flops", "tokens_per_second", "decode_time_split",
            "llama_bench", "smollm2_gguf", "TRIAD_BYTES_PER_ELEMENT"]
 

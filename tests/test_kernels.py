@@ -167,7 +167,7 @@ MATVEC_RTOL = 1e-5
 
 
 def _dequant_activations(qtype, x):
-    if qtype in ("Q8_0", "Q5_0"):
+    if qtype in kernels._Q8_0_ACTIVATIONS:
         qs, d = kernels.quantize_q8_0(x)
         return qs.astype(np.float64) * np.repeat(d.astype(np.float64), 32), np.repeat(d.astype(np.float64), 32)
     qs, d, _ = kernels.quantize_q8_k(x)
@@ -259,7 +259,7 @@ def test_matvec_bad_input():
     bad[3] = np.nan
     with pytest.raises(ValueError, match="NaN or Inf"):
         kernels.matvec(q, "Q4_K", bad)
-    with pytest.raises(ValueError, match="supports Q4_K, Q6_K, Q8_0, Q5_0, got Q5_K"):
+    with pytest.raises(ValueError, match="supports Q4_K, Q6_K, Q8_0, Q5_0, Q4_0, Q4_1, Q5_1, got Q5_K"):
         kernels.matvec(np.zeros((4, 176 * 2), np.uint8), "Q5_K", x)
     with pytest.raises(ValueError, match="activations must be one of"):
         kernels.matvec(q, "Q4_K", x, activations="int4")

@@ -298,3 +298,26 @@ def test_smollm2_beats_tiny_per_byte(smol, tiny):
     s_big = score(*smol, text, ctx=512, stride=512)
     s_tiny = score(*tiny, text)
     assert s_big.bits_per_byte < 0.85 * s_tiny.bits_per_byte
+
+
+def test_attention_rotary_rows_equal_fresh_tables():
+    """Attention keeps one rotary table per layer and slices it: the same bits as the
+    tables made for exactly start + t positions (what apply_rotary would get)."""
+    from qlearn.models.llama import Attention, LlamaConfig, rotary_tables
+
+    att = Attention(LlamaConfig(vocab_size=8, dim=64, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=8))
+    for start, t in [(0, 5), (5, 1), (63, 1), (64, 1), (100, 30), (3, 2)]:
+        cos, sin = att._rotary(start, t, torch.device("cpu"))
+        c2, s2 = rotary_tables(start + t, 32, att.rope_base)
+        assert torch.equal(cos, c2[start:]) and torch.equal(sin, s2[start:])
+
+
+def test_rmsnorm_fused_path_equals_written_out_formula():
+    from qlearn.models.llama import RMSNorm
+
+    n = RMSNorm(96, eps=1e-5)
+    with torch.no_grad():
+        n.weight.copy_(torch.randn(96))
+    x = torch.randn(3, 7, 96) * 5
+    want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * n.weight
+    assert torch.equal(n(x), want)

@@ -154,18 +154,47 @@ def smol():
     return load("smollm2-135m")
 
 
+def _check_linears_on_own_inputs(model, checked):
+    """Forward hooks: each one-token quantized linear equals ``kernels.matvec_reference`` on
+    the very input it got (same exact integer sums; float32 rounding, MATVEC_RTOL)."""
+    def check(mod, args, out):
+        x = args[0]
+        if x.numel() != mod.in_features:
+            return
+        xv = x.reshape(-1).numpy()
+        want = kernels.matvec_reference(mod.q, mod.qtype, xv)
+        W = mod.dequantized_weight().double().numpy()
+        scale = np.abs(W) @ np.abs(xv.astype(np.float64)) * 1.01  # |activation codes| <= |x| * 1.01
+        assert np.all(np.abs(out.reshape(-1).numpy() - want) <= MATVEC_RTOL * scale + 1e-30)
+        checked.append(mod.qtype)
+    return [m.register_forward_hook(check) for m in adapters.find_linears(model, True).values()
+            if isinstance(m, QuantizedLinear)]
+
+
 def test_smollm2_q4_k_m_decode_and_prefill(smol):
+    """Prefill equals the dequantized model bit for bit. One token: every linear equals the
+    reference on its own input; across 30 layers float32 rounding can flip one activation code
+    (a jump of one q8 step, measured: the C kernels flip one in layer 8 of this prompt), so the
+    logits get the looser CACHED_REL bound and the same argmax."""
     m, tok = smol
     qm = quantize_for_inference(m, "Q4_K_M")
     # llama.cpp's rules on 576-wide rows: Q5_0 / Q8_0 fallbacks beside Q4_K / Q6_K
     assert set(qm.qtypes.values()) == {"Q4_K", "Q5_0", "Q6_K", "Q8_0"}
     ids = torch.tensor([tok.encode("The capital of France is")])
+    checked = []
     with torch.no_grad():
         assert torch.equal(qm(ids), dequantized_model(qm)(ids))
         one = ids[:, :1]
-        got = qm(one)
+        hooks = _check_linears_on_own_inputs(qm, checked)
+        try:
+            got = qm(one)
+        finally:
+            for h in hooks:
+                h.remove()
         want = dequantized_model(qm, activations="q8")(one)
-    assert torch.allclose(got, want, rtol=0, atol=Q8_REF_RTOL * want.abs().max().item())
+    assert len(checked) == len(qm.qtypes) and set(checked) == set(qm.qtypes.values())
+    assert (got - want).abs().max() <= CACHED_REL * want.abs().max()
+    assert got[0, -1].argmax() == want[0, -1].argmax()
 
 
 def test_cached_decode_steps_use_the_fused_path(quantized, prompt):
@@ -177,19 +206,7 @@ def test_cached_decode_steps_use_the_fused_path(quantized, prompt):
     qm = quantized("Q4_K_M")
     ref = dequantized_model(qm, activations="q8")
     checked = []
-
-    def check(mod, args, out):
-        x = args[0]
-        if x.numel() != mod.in_features:
-            return
-        xv = x.reshape(-1).numpy()
-        want = kernels.matvec_reference(mod.q, mod.qtype, xv)
-        W = mod.dequantized_weight().double().numpy()
-        scale = np.abs(W) @ np.abs(xv.astype(np.float64)) * 1.01  # |activation codes| <= |x| * 1.01
-        assert np.all(np.abs(out.reshape(-1).numpy() - want) <= MATVEC_RTOL * scale + 1e-30)
-        checked.append(mod.qtype)
-
-    hooks = [m.register_forward_hook(check) for m in adapters.find_linears(qm, True).values()]
+    hooks = _check_linears_on_own_inputs(qm, checked)
     ca, cb = qm.new_cache(), ref.new_cache()
     try:
         with torch.no_grad():

@@ -207,7 +207,7 @@ def _q8_act():
     W = _matrix()
     x = np.random.default_rng(12).standard_normal(W.shape[1]).astype(np.float32)
     out = {}
-    for t in kernels.MATVEC_TYPES:
+    for t in ("Q4_K", "Q6_K", "Q8_0", "Q5_0"):  # the answer quotes these (MATVEC_TYPES has more)
         q = K.quantize(W, t)
         y_ref = (K.dequantize(q, t).astype(np.float64) @ x.astype(np.float64))
         for act in ("q8", "f32"):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qlearn import adapters, gguf_mixes, kernels
+from qlearn import _cbuild, adapters, gguf_mixes, kernels
 
 __all__ = ["QuantizedLinear", "BF16Linear", "quantize_for_inference", "dequantized_model", "gguf_name",
            "weight_bytes"]
@@ -52,11 +52,24 @@ class _ActivationCache:
 
     q/k/v (and gate/up) read the same tensor: it is quantized once, not three times. The key is
     the tensor object itself (kept alive here, so its id cannot be reused), its version counter
-    (bumped by any in-place write) and the activation format ("q8_K" or "q8_0").
+    (bumped by any in-place write) and the activation format ("q8_K" or "q8_0", and the
+    backend). The compiled path quantizes into buffers kept here (one set per format and
+    length), so a decode step allocates nothing but the linears' outputs.
     """
 
     def __init__(self):
         self.x, self.version, self.kind, self.value = None, -1, None, None
+        self._buffers = {}
+
+    def buffers(self, q8_0: bool, cols: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(xq int8 (cols,), xd float32 (blocks,), bs32 int32 (cols // 32,)) for one format."""
+        key = (q8_0, cols)
+        if key not in self._buffers:
+            block = kernels.QK_LEGACY if q8_0 else kernels.QK_K
+            self._buffers[key] = (torch.empty(cols, dtype=torch.int8),
+                                  torch.empty(cols // block, dtype=torch.float32),
+                                  torch.empty(cols // 32, dtype=torch.int32))
+        return self._buffers[key]
 
 
 class QuantizedLinear(nn.Module):
@@ -64,7 +77,9 @@ class QuantizedLinear(nn.Module):
 
     q: (out_features, row_bytes) uint8; qtype: a name in ``kernels.SUPPORTED``.
     forward: x (..., in_features) float32 -> (..., out_features) float32.
-    parallel: numba threads for the decode matvec (False: one thread).
+    parallel: threads for the decode matvec (False: one thread; True: numba's thread count).
+    The decode matvec runs on :func:`qlearn.kernels.backend` as it was when the linear was made
+    ("c", the compiled kernels, or "numba").
     """
 
     def __init__(self, q: np.ndarray, qtype: str, in_features: int, parallel: bool = False,
@@ -74,15 +89,25 @@ class QuantizedLinear(nn.Module):
         if cols != in_features:
             raise ValueError(f"{name} bytes of {q.shape[1]} per row hold {cols} weights, "
                              f"but in_features is {in_features}")
-        self.q, self.qtype = q, name
+        self._q = torch.from_numpy(q)  # the one copy of the bytes (a deepcopy copies it once)
+        self.qtype = name
         self.in_features, self.out_features = in_features, q.shape[0]
         self.parallel = bool(parallel)
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
         self.fused = name in kernels.MATVEC_TYPES
         self._act = act_cache or _ActivationCache()
+        self._c = None
         if self.fused:
-            self._kind = "q8_0" if name in kernels._Q8_0_ACTIVATIONS else "q8_K"
-            self._kernel = kernels._MATVEC_Q8[name, self.parallel]
+            self._q8_0 = name in kernels._Q8_0_ACTIVATIONS
+            self._kind = ("q8_0" if self._q8_0 else "q8_K", kernels.backend())
+            self._kernel = kernels.fused_kernel(name, parallel=self.parallel)
+            if self._kind[1] == "c":  # (type id, threads); no ctypes objects: deepcopy works
+                self._c = (kernels._TID[name], kernels._threads(self.parallel))
+
+    @property
+    def q(self) -> np.ndarray:
+        """(out_features, row_bytes) uint8: the GGUF block bytes."""
+        return self._q.numpy()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, qtype: str, parallel: bool = False,
@@ -101,13 +126,34 @@ class QuantizedLinear(nn.Module):
     @property
     def nbytes(self) -> int:
         """Bytes of weight data read per forward pass."""
-        return int(self.q.nbytes)
+        return int(self._q.numel())
 
-    def _decode(self, x: torch.Tensor) -> np.ndarray:
-        """One token: x (in_features,) float32 -> y (out_features,) float32 (numpy)."""
+    def _decode_c(self, x: torch.Tensor) -> torch.Tensor:
+        """One token on the compiled kernels: x (in_features,) float32 -> (out_features,)."""
+        tid, nthreads = self._c
+        lib = _cbuild.load()
+        act, cols = self._act, self.in_features
+        if not (act.x is x and act.version == x._version and act.kind == self._kind):
+            xq, xd, bs = act.value = act.buffers(self._q8_0, cols)
+            xc = x.detach().reshape(-1).contiguous()
+            lib.qlearn_quantize_q8(kernels.ACT_KIND[self._q8_0], xc.data_ptr(), cols, xq.data_ptr(),
+                     xd.data_ptr(), bs.data_ptr())
+            act.x, act.version, act.kind = x, x._version, self._kind
+        xq, xd, bs = act.value
+        y = torch.empty(self.out_features, dtype=torch.float32)
+        q = self._q
+        lib.qlearn_matvec(tid, q.data_ptr(), q.shape[0], q.shape[1], cols, xq.data_ptr(), xd.data_ptr(),
+               bs.data_ptr(), y.data_ptr(), nthreads)
+        return y
+
+    def _decode(self, x: torch.Tensor) -> torch.Tensor:
+        """One token: x (in_features,) float32 -> y (out_features,) float32."""
+        if self._c is not None:
+            return self._decode_c(x)
         xv = x.detach().reshape(-1).contiguous().numpy()
         if not self.fused:  # no q8 kernel for this type: dequantize tiles, float32 BLAS
-            return kernels.matvec(self.q, self.qtype, xv, activations="f32", parallel=self.parallel)
+            return torch.from_numpy(kernels.matvec(self.q, self.qtype, xv, activations="f32",
+                                                   parallel=self.parallel))
         act = self._act
         if act.x is x and act.version == x._version and act.kind == self._kind:
             xq, xd, bs32 = act.value  # the same input as the previous linear (q/k/v, gate/up)
@@ -115,15 +161,15 @@ class QuantizedLinear(nn.Module):
             xq, xd, bs32 = act.value = kernels.quantize_activations(xv, self.qtype)
             act.x, act.version, act.kind = x, x._version, self._kind
         y = np.empty(self.out_features, dtype=np.float32)
-        self._kernel(self.q, xq, xd, bs32, kernels._FP16_TO_F32, y, kernels._N32)
-        return y
+        self._kernel(self.q, xq, xd, bs32, y)
+        return torch.from_numpy(y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32 or x.shape[-1] != self.in_features:
             raise ValueError(f"expected a float32 tensor (..., {self.in_features}), got "
                              f"{x.dtype} {tuple(x.shape)}")
         if x.numel() == self.in_features:  # decode: one token, the fused matvec
-            out = torch.from_numpy(self._decode(x)).view(*x.shape[:-1], self.out_features)
+            out = self._decode(x).view(*x.shape[:-1], self.out_features)
         else:  # prefill: dequantize, then one float32 matmul for every token
             out = torch.nn.functional.linear(x, self.dequantized_weight())
         return out if self.bias is None else out + self.bias
