@@ -69,3 +69,14 @@ def test_table_row_reruns(smol):
     assert q4 == pytest.approx(saved["q4_0/q4_0/rot"]["qlearn"], rel=1e-5)
     assert kvcache.bytes_per_token("q4_0", "q4_0", 30, 3, 64) < \
         kvcache.bytes_per_token("f16", "f16", 30, 3, 64) / 3
+
+
+def test_long_context_kivi_row_reruns(smol):
+    """One row of the committed long-context table (KIVI-2 keys, stepped), recomputed."""
+    saved = json.loads(table.OUT.read_text())
+    model, tok = smol
+    n_ctx = saved["protocol"]["n_ctx"]
+    text = table.eval_text(tok, table.N_CHUNKS * n_ctx)
+    t, opts, step = table.LONG_FORMATS["KIVI-2"]
+    ppl = table.qlearn_ppl(model, tok, text, t, "f16", n_ctx, step, **table._kivi_options())
+    assert ppl == pytest.approx(saved["long_context"][f"qlearn/{n_ctx}/KIVI-2/K"], rel=1e-5)
