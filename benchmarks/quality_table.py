@@ -19,6 +19,11 @@ built; it is noisy on a shared machine.
 
 Rows are written to the output JSON as they finish, and rows already there are skipped, so an
 interrupted run resumes. ``--rows`` picks rows by id.
+
+``--speed`` re-measures decode tokens/s of every GGUF preset in one pass: all preset files are
+written first, then ``llama-bench`` runs them in ``SPEED_ROUNDS`` interleaved rounds and each
+preset gets the median (a file's speed depends on its tensor types, which an imatrix does not
+change, so a preset's imatrix row gets the same figure). Use it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -95,14 +100,36 @@ def _bpw_linears(model, linear_bits: float) -> float:
     return (lin * linear_bits + emb * FP16_BITS + norms * FP32_BITS) / (lin + emb + norms)
 
 
-def _decode_tps(path: Path) -> float | None:
+SPEED_ROUNDS = 3
+
+
+def _decode_tps(path: Path, repetitions: int = 2) -> float | None:
     from qlearn import llama_cpp
 
     if not llama_cpp.available("llama-bench"):
         return None
-    p = llama_cpp.run("llama-bench", "-m", str(path), "-p", "0", "-n", "32", "-r", "2", "-t", "1",
-                      "-o", "json")
+    p = llama_cpp.run("llama-bench", "-m", str(path), "-p", "0", "-n", "32", "-r",
+                      str(repetitions), "-t", "1", "-o", "json")
     return float(json.loads(p.stdout)[0]["avg_ts"])
+
+
+def measure_speed(model, tok, rows: dict, tmp: Path) -> dict:
+    """Median decode tokens/s per preset over SPEED_ROUNDS interleaved llama-bench rounds."""
+    from qlearn import export
+
+    paths = {}
+    for preset in PRESET_ORDER:
+        paths[preset] = export.to_gguf(model, tmp / f"{preset}.gguf", preset, tokenizer=tok)
+    runs: dict[str, list[float]] = {p: [] for p in paths}
+    for r in range(SPEED_ROUNDS):
+        for preset, path in paths.items():
+            runs[preset].append(_decode_tps(path, repetitions=1))
+        print(f"speed round {r + 1}/{SPEED_ROUNDS} done", flush=True)
+    medians = {p: sorted(v)[len(v) // 2] for p, v in runs.items()}
+    for rid, row in rows.items():
+        if row.get("method") == "GGUF" and row["preset"] in medians:
+            row["decode_tok_s"] = medians[row["preset"]]
+    return medians
 
 
 def run_row(spec, model, tok, val_text, calib_ids, imatrix, tmp: Path) -> dict:
@@ -159,6 +186,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", default="", help="comma-separated row ids (default: all)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--speed", action="store_true",
+                    help="re-measure decode tokens/s of every GGUF preset in one pass")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from qlearn.imatrix import compute_model_imatrix
@@ -183,6 +212,16 @@ def main(argv=None) -> int:
     rows = table.setdefault("rows", {})
     model, tok = load("smollm2-135m")
     val_text, calib_ids = _texts(tok)
+    if args.speed:
+        with tempfile.TemporaryDirectory() as d:
+            medians = measure_speed(model, tok, rows, Path(d))
+        table["protocol"]["decode"] = (
+            f"llama-bench -p 0 -n 32 -t 1, median of {SPEED_ROUNDS} interleaved rounds over all "
+            f"presets in one pass on {datetime.date.today().isoformat()} (2-core machine)")
+        out.write_text(json.dumps(table, indent=1, sort_keys=False) + "\n")
+        for p, v in medians.items():
+            print(f"{p:8s} {v:7.1f} tok/s", flush=True)
+        return 0
     imatrix = None
     with tempfile.TemporaryDirectory() as d:
         for rid in wanted:
