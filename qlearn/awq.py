@@ -432,10 +432,12 @@ def awq_model(model: torch.nn.Module, tokens: torch.Tensor, bits: int = 4, group
 
     from qlearn import adapters
 
-    tokens = torch.as_tensor(tokens)
-    if tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"tokens must be a (batch, seq) integer tensor, got shape "
-                         f"{tuple(tokens.shape)} dtype {tokens.dtype}")
+    tokens = validate.model_tokens(model, tokens, "tokens", ndim=2)
+    validate.bits(bits, "bits", *validate.BITS_RANGE["awq"])
+    for name in ("duo_scaling", "clip", "progress"):
+        validate.flag(locals()[name], name)
+    for fc in adapters.find_linears(model).values():
+        check_group_size(fc.in_features, group_size)
     if clip and tokens.numel() < N_SAMPLE_TOKEN:
         raise ValueError(f"the clip search needs at least {N_SAMPLE_TOKEN} calibration tokens, got "
                          f"{tokens.numel()} (pass more text, or clip=False)")
@@ -489,4 +491,8 @@ def rtn_model(model: torch.nn.Module, bits: int = 4, group_size: int = 128) -> t
     """Round-to-nearest baseline with AWQ's quantizer on every linear (deep copy; lm_head kept)."""
     from qlearn import adapters
 
+    validate.module(model, decoder=True)
+    validate.bits(bits, "bits", *validate.BITS_RANGE["awq"])
+    for fc in adapters.find_linears(model).values():
+        check_group_size(fc.in_features, group_size)
     return adapters.fake_quantize_linears(model, lambda W: pseudo_quantize(W, bits, group_size)[0])

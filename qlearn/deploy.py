@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gguf_mixes, memory
+from . import gguf_mixes, memory, validate
 
 __all__ = ["QUALITY_TABLE", "Option", "quality_table", "missing_rows", "recommend", "llama_perplexity",
            "llama_generate"]
@@ -128,8 +128,9 @@ def recommend(model, memory_gib: float, context: int, batch: int = 1, *, reserve
     """
     m = _model(model)
     n_params = float(model) if isinstance(model, (int, float)) else m.n_params
-    if not isinstance(memory_gib, (int, float)) or not memory_gib > 0:
-        raise ValueError(f"memory_gib must be a positive number of GiB, got {memory_gib!r}")
+    validate.number(memory_gib, "memory_gib", lo=0, lo_open=True, hint="GiB")
+    validate.number(reserve_gib, "reserve_gib", lo=0, hint="GiB")
+    validate.flag(include_unfit, "include_unfit")
     kv = memory.kv_cache_bytes(m.layers, m.kv_heads, m.head_dim, context, batch, KV_BYTES_FP16)
     rows = quality_table(table)["rows"]
     gcfg = _gguf_config(m)

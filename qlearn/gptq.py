@@ -668,6 +668,7 @@ def save_autogptq(path, tensors: dict[str, dict[str, torch.Tensor]], bits: int, 
     """
     from safetensors.torch import save_file
 
+    path = validate.path(path)
     bits = validate.bits(bits, "bits", MIN_BITS, MAX_BITS)
     group_size = validate.integer(group_size, "group_size", lo=-1)
     if group_size == 0:
@@ -684,8 +685,8 @@ def save_autogptq(path, tensors: dict[str, dict[str, torch.Tensor]], bits: int, 
         cols, n_groups = packed["g_idx"].shape[0], packed["scales"].shape[0]
         want = 1 if group_size == -1 else cols // group_size
         if n_groups != want:
-            raise ValueError(f"layer {name!r} has {n_groups} groups for {cols} inputs, but "
-                             f"group_size={group_size} means {want}")
+            raise ValueError(f"group_size={group_size} means {want} groups for {cols} inputs, "
+                             f"got {n_groups} groups in layer {name!r}")
     flat = {f"{name}.{k}": v.contiguous() for name, packed in tensors.items() for k, v in packed.items()}
     meta = {"quant_method": "gptq", "bits": str(bits), "group_size": str(group_size),
             "sym": str(bool(sym)).lower(), "desc_act": str(bool(desc_act)).lower()}
@@ -694,19 +695,13 @@ def save_autogptq(path, tensors: dict[str, dict[str, torch.Tensor]], bits: int, 
 
 def load_autogptq(path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
     """Read a file written by :func:`save_autogptq`: ``({layer: packed dict}, metadata)``."""
-    from safetensors import safe_open
+    from qlearn import checkpoint
 
     layers: dict[str, dict[str, torch.Tensor]] = {}
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            for key in f.keys():
-                name, _, part = key.rpartition(".")
-                layers.setdefault(name, {})[part] = f.get_tensor(key)
-    except FileNotFoundError:
-        raise ValueError(f"no safetensors file at {path}") from None
-    except Exception as e:  # safetensors raises SafetensorError, OSError, ...
-        raise ValueError(f"corrupt safetensors: {path} ({type(e).__name__}: {e})") from None
+    flat, meta = checkpoint.load_safetensors(path)
+    for key, t in flat.items():
+        name, _, part = key.rpartition(".")
+        layers.setdefault(name, {})[part] = t
     for key in ("quant_method", "bits", "group_size", "sym", "desc_act"):
         if key not in meta:
             raise ValueError(f"corrupt GPTQ checkpoint: metadata lacks {key!r} (got "
@@ -750,12 +745,13 @@ def gptq_model(model, calib_tokens, bits: int = 4, group_size: int = 128, sym: b
 
     from qlearn import adapters
 
-    tokens = torch.as_tensor(calib_tokens)
+    tokens = validate.model_tokens(model, calib_tokens, "calib_tokens")
     if tokens.dim() == 1:
         tokens = tokens[None]
-    if tokens.dim() != 2 or tokens.numel() == 0:
-        raise ValueError(f"calib_tokens must be a non-empty (batch, seq) integer tensor, got shape "
-                         f"{tuple(tokens.shape)} (pass at least one calibration sequence)")
+    validate.bits(bits, "bits", MIN_BITS, MAX_BITS)
+    validate.flag(progress, "progress")
+    for name in ("sym", "act_order", "static_groups"):
+        validate.flag(locals()[name], name)
     qmodel = copy.deepcopy(model).eval()
     linears = adapters.find_linears(qmodel)
     by_layer: dict[int, list[str]] = {}

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from qlearn import validate
+
 __all__ = ["triad_bandwidth", "matmul_flops", "tokens_per_second", "decode_time_split",
            "llama_bench", "smollm2_gguf", "TRIAD_BYTES_PER_ELEMENT"]
 
@@ -39,6 +41,8 @@ def _clock(cpu_time: bool):
 
 def _median_time(fn, repeats: int, cpu_time: bool = True) -> float:
     """Median seconds of fn() over `repeats` calls after one warm-up call."""
+    validate.integer(repeats, "repeats", lo=1)
+    validate.flag(cpu_time, "cpu_time")
     clock = _clock(cpu_time)
     fn()
     ts = []
@@ -66,6 +70,7 @@ def triad_bandwidth(n: int = TRIAD_ELEMENTS, repeats: int = 5, parallel: bool = 
 
     parallel: False is one thread (CPU time); True uses numba's threads (wall time).
     """
+    validate.flag(parallel, "parallel")
     if not isinstance(n, (int, np.integer)) or n < 1024:
         raise ValueError(f"n must be an integer >= 1024 (arrays far larger than the caches), got {n!r}")
     a = np.zeros(n)
@@ -103,9 +108,10 @@ class _threads:
 
 
 def _check_prompt(model, prompt) -> torch.Tensor:
+    validate.module(model)
     if not hasattr(model, "new_cache"):
         raise ValueError(f"expected a model with a KV cache (model.new_cache()), got {type(model).__name__}")
-    prompt = torch.as_tensor(prompt)
+    prompt = validate.tokens(prompt, "prompt", vocab_size=validate.vocab_size(model))
     if prompt.ndim == 1:
         prompt = prompt[None]
     if prompt.ndim != 2 or prompt.shape[0] != 1 or prompt.shape[1] < 1 or prompt.dtype != torch.int64:
@@ -124,8 +130,9 @@ def tokens_per_second(model, prompt, new_tokens: int = 16, repeats: int = 3,
     Returns {"prefill": tokens/s (median over repeats), "decode": tokens/s (median step)}.
     """
     prompt = _check_prompt(model, prompt)
-    if new_tokens < 1 or repeats < 1:
-        raise ValueError(f"new_tokens and repeats must be >= 1, got {new_tokens}, {repeats}")
+    validate.integer(new_tokens, "new_tokens", lo=1)
+    validate.integer(repeats, "repeats", lo=1)
+    validate.flag(cpu_time, "cpu_time")
     clock = _clock(cpu_time)
     model.eval()
     model(prompt[:, :2], cache=model.new_cache())  # warm-up (kernel compilation, allocations)
@@ -161,6 +168,7 @@ def decode_time_split(model, prompt, steps: int = 8) -> dict[str, float]:
     from qlearn.models.quantized import QuantizedLinear
 
     prompt = _check_prompt(model, prompt)
+    validate.integer(steps, "steps", lo=1)
     clock = time.process_time
     acc = defaultdict(float)
     starts = {}

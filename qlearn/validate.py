@@ -213,3 +213,137 @@ def renamed(**old_to_new: str) -> Callable:
         wrapper.deprecated_aliases = dict(old_to_new)
         return wrapper
     return deco
+
+
+# --- model-level arguments ------------------------------------------------------------------------
+
+def module(model: Any, name: str = "model", decoder: bool = False) -> "torch.nn.Module":  # noqa: F821
+    """A ``torch.nn.Module``; with ``decoder`` one with Llama naming (``embed_tokens`` and a
+    ``layers`` list of decoder layers, as ``qlearn.models.load`` returns)."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise ArgumentTypeError(f"{name} must be a torch.nn.Module (e.g. qlearn.models.load('tiny')"
+                                f"[0]), got {_kind(model)}")
+    if decoder:
+        missing = [a for a in ("embed_tokens", "layers") if not hasattr(model, a)]
+        if missing or len(model.layers) == 0:
+            raise ValueError(f"{name} must be a decoder with Llama naming (embed_tokens and a "
+                             f"non-empty layers list), got {_kind(model)} without "
+                             f"{' and '.join(missing) or 'decoder layers'}")
+    return model
+
+
+def tokens(x: Any, name: str = "tokens", ndim: int | tuple[int, ...] = (1, 2),
+           vocab_size: int | None = None, min_tokens: int = 1) -> "torch.Tensor":  # noqa: F821
+    """Token ids as an int64 torch tensor: integer dtype, ``ndim`` dimensions, at least
+    ``min_tokens`` ids, each in ``[0, vocab_size)``."""
+    import torch
+
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "iu":
+            raise ArgumentTypeError(f"{name} must hold integer token ids, got dtype {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif isinstance(x, (list, tuple)):
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ArgumentTypeError(f"{name} must be a tensor of token ids, got {_kind(x)} ({e})"
+                                    ) from None
+    if not isinstance(x, torch.Tensor):
+        raise ArgumentTypeError(f"{name} must be an int64 tensor of token ids (e.g. from "
+                                f"tokenizer.encode), got {_kind(x)}")
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise ArgumentTypeError(f"{name} must hold integer token ids, got dtype {x.dtype}")
+    allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if x.dim() not in allowed:
+        raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimensions "
+                         f"((seq,) or (batch, seq)), got shape {tuple(x.shape)}")
+    if x.numel() < min_tokens:
+        raise ValueError(f"{name} must be non-empty, at least {min_tokens} token(s), got shape "
+                         f"{tuple(x.shape)}")
+    if x.numel() and (int(x.min()) < 0 or (vocab_size is not None and int(x.max()) >= vocab_size)):
+        raise ValueError(f"{name} must be ids in [0, {vocab_size}), got values from "
+                         f"{int(x.min())} to {int(x.max())}")
+    return x.long()
+
+
+def text(value: Any, name: str = "text", allow_empty: bool = False) -> str:
+    """A str (non-empty unless ``allow_empty``)."""
+    if not isinstance(value, str):
+        raise ArgumentTypeError(f"{name} must be a str, got {_kind(value)}")
+    if not allow_empty and not value.strip():
+        raise ValueError(f"{name} must be a non-empty str, got {value!r}")
+    return value
+
+
+def tokenizer(tok: Any, name: str = "tokenizer") -> Any:
+    """An object with ``encode(str) -> list[int]`` and ``decode(list[int]) -> str``."""
+    if not (callable(getattr(tok, "encode", None)) and callable(getattr(tok, "decode", None))):
+        raise ArgumentTypeError(f"{name} must have encode() and decode() (qlearn.models."
+                                f"load(...)[1]), got {_kind(tok)}")
+    return tok
+
+
+def function(value: Any, name: str) -> Callable:
+    """A callable."""
+    if not callable(value):
+        raise ArgumentTypeError(f"{name} must be callable, got {value!r} ({_kind(value)})")
+    return value
+
+
+def optional_integer(value: Any, name: str, lo: int | None = None,
+                     hi: int | None = None) -> int | None:
+    """None or an :func:`integer`."""
+    return None if value is None else integer(value, name, lo, hi)
+
+
+def path(value: Any, name: str = "path", exists: bool = False, suffix: str | None = None):
+    """A ``str`` or ``os.PathLike`` as a Path; ``exists``: an existing file."""
+    import os
+    from pathlib import Path
+
+    if not isinstance(value, (str, os.PathLike)) or (isinstance(value, str) and not value):
+        raise ArgumentTypeError(f"{name} must be a file path (str or pathlib.Path), got "
+                                f"{value!r} ({_kind(value)})")
+    p = Path(value)
+    if suffix is not None and p.suffix != suffix:
+        raise ValueError(f"{name} must end in {suffix}, got {str(p)!r}")
+    if exists and not p.is_file():
+        raise ValueError(f"{name} must be an existing file, got {str(p)!r}")
+    return p
+
+
+def vocab_size(model: Any) -> int | None:
+    """The number of token ids ``model`` embeds: ``embed_tokens.num_embeddings`` or
+    ``config.vocab_size`` (None if it has neither)."""
+    n = getattr(getattr(model, "embed_tokens", None), "num_embeddings", None)
+    return n if n is not None else getattr(getattr(model, "config", None), "vocab_size", None)
+
+
+def language_model(model: Any, name: str = "model") -> int:
+    """A module mapping (batch, seq) token ids to logits; returns its vocabulary size."""
+    module(model, name)
+    n = vocab_size(model)
+    if not isinstance(n, int):
+        raise ValueError(f"{name} must be a language model over token ids (embed_tokens or "
+                         f"config.vocab_size, e.g. qlearn.models.load('tiny')[0]), got "
+                         f"{type(model).__name__} without either")
+    return n
+
+
+def model_tokens(model: Any, toks: Any, name: str = "tokens", ndim: int | tuple[int, ...] = (1, 2),
+                 min_tokens: int = 1) -> "torch.Tensor":  # noqa: F821
+    """A Llama-named decoder and token ids it can embed: the checked ``toks`` (int64)."""
+    module(model, decoder=True)
+    return tokens(toks, name, ndim, vocab_size(model), min_tokens)
+
+
+def seed(value: Any, name: str = "seed") -> int:
+    """A random seed: an integer >= 0."""
+    return integer(value, name, lo=0)
+
+
+def threads(value: Any, name: str = "threads") -> int | None:
+    """None (leave torch's setting) or a positive thread count."""
+    return optional_integer(value, name, lo=1)
