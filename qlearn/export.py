@@ -172,8 +172,8 @@ def _check_imatrix(imatrix, tensors: dict[str, np.ndarray]) -> dict[str, np.ndar
         v = validate.float_array(v, f"imatrix entry {name!r}").reshape(-1)
         cols = tensors[name].shape[1]
         if v.size != cols:
-            raise ValueError(f"imatrix entry {name!r} must have one value per column ({cols}), "
-                             f"got {v.size}")
+            raise ValueError(f"imatrix entry {name!r} has {v.size} values, the tensor has {cols} "
+                             f"columns (expected one per column, got {v.size})")
         if (v < 0).any():
             raise ValueError(f"imatrix entry {name!r} must be non-negative, got minimum {v.min()}")
         out[name] = v

@@ -183,6 +183,10 @@ class GPTQResult:
         Q: (out, in) float32 dequantized weight ``scales[:, g_idx] * (codes - zeros[:, g_idx])``.
         loss: the reference's internal loss ``sum((w - q)^2 / Hinv[i,i]^2) / 2`` (None for RTN).
         bits, group_size, sym: the settings used.
+
+    The project's result convention: :attr:`qtensor` is the same weight as a
+    :class:`qlearn.uniform.QTensor` (codes, scale, zero point, block size, mapping
+    ``"symmetric_offset"`` or ``"asymmetric"``), and :meth:`dequantize` takes no argument.
     """
 
     codes: torch.Tensor
@@ -195,6 +199,31 @@ class GPTQResult:
     bits: int
     group_size: int
     sym: bool
+
+    @property
+    def mapping(self) -> str:
+        """The grid's name in :data:`qlearn.uniform.MAPPINGS`."""
+        return _mapping(self.sym)
+
+    @property
+    def qtensor(self) -> uniform.QTensor:
+        """The codes, scales and zero points as a :class:`qlearn.uniform.QTensor` (numpy),
+        one block per group of ``group_size`` consecutive columns. Groups that are not
+        contiguous (act_order without static_groups) have no block form: ValueError."""
+        out, cols = self.codes.shape
+        n_groups = self.scales.shape[1]
+        gs = cols // n_groups
+        if cols % n_groups or not torch.equal(self.g_idx.long(), torch.arange(cols) // gs):
+            raise ValueError("expected contiguous groups for a QTensor, got a g_idx that "
+                             "permutes columns (act_order without static_groups); use "
+                             ".dequantize() or gptq.dequantize(codes, scales, zeros, g_idx)")
+        return uniform.QTensor(self.codes.numpy(), self.scales.numpy().astype(np.float32),
+                               self.zeros.numpy().astype(np.int32), self.bits, False, (1, gs),
+                               (out, cols), self.mapping)
+
+    def dequantize(self) -> torch.Tensor:
+        """(out, in) float32 ``scales[:, g_idx] * (codes - zeros[:, g_idx])``: ``Q``, bit for bit."""
+        return dequantize(self.codes, self.scales, self.zeros, self.g_idx)
 
 
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,

@@ -75,7 +75,7 @@ def read_imatrix(path) -> dict[str, np.ndarray]:
 
     path = Path(validate.path(path))
     if not path.is_file():
-        raise ValueError(f"expected an imatrix file, got no file at {path}")
+        raise ValueError(f"expected an imatrix file, got no imatrix file at {path}")
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as e:  # noqa: BLE001 - gguf raises bare ValueError/struct errors on bad files

@@ -245,7 +245,7 @@ def decode(stored: dict, fmt: CacheFormat, head_dim: int) -> torch.Tensor:
                          f"got {sorted(stored) if isinstance(stored, dict) else type(stored).__name__}")
     if t in INT_TYPES:
         n_codes = stored["codes"].shape[-1] * 8 // INT_TYPES[t]
-        want = head_dim * fmt.chunk()
+        want = head_dim
         if stored["codes"].ndim != 4 or n_codes != want:
             raise ValueError(f"stored codes must hold {want} {INT_TYPES[t]}-bit codes per row "
                              f"(head_dim {head_dim}), got shape {tuple(stored['codes'].shape)}")

@@ -557,6 +557,7 @@ def _double_quantize(absmax: np.ndarray, backend: str):
     return codes, nabs, offset
 
 
+@validate.also_accepts(group_size="blocksize", qtype="quant_type")
 def quantize_4bit(x, blocksize: int = 64, quant_type: str = "nf4",
                   compress_statistics: bool = False, *, backend: str = "numba"):
     """Quantize a float tensor to bitsandbytes' 4-bit NF4/FP4 block format (CPU-exact).
@@ -656,6 +657,7 @@ def dequantize_4bit(packed, state: QuantState, *, backend: str = "numba", out=No
     return torch.from_numpy(y) if is_torch else y
 
 
+@validate.also_accepts(group_size="blocksize", qtype="quant_type")
 def fake_quantize_4bit(x, blocksize: int = 64, quant_type: str = "nf4",
                        compress_statistics: bool = False):
     """Quantize then dequantize: the 4-bit approximation of x, same kind and shape, float32.
@@ -680,6 +682,7 @@ def fake_quantize_4bit(x, blocksize: int = 64, quant_type: str = "nf4",
     return torch.from_numpy(y) if is_torch else y
 
 
+@validate.also_accepts(group_size="blocksize")
 def bits_per_weight(blocksize: int = 64, compress_statistics: bool = False,
                     nested_blocksize: int = NESTED_BLOCKSIZE) -> float:
     """Storage cost per parameter: 4 bits plus the amortized block constants.
@@ -718,6 +721,7 @@ class Linear4bit(torch.nn.Module):
                                                                  requires_grad=False)
 
     @classmethod
+    @validate.also_accepts(group_size="blocksize", qtype="quant_type")
     def from_linear(cls, linear: torch.nn.Linear, blocksize: int = 64, quant_type: str = "nf4",
                     compress_statistics: bool = False) -> "Linear4bit":
         """Quantize ``linear.weight`` (out_features, in_features) float32."""

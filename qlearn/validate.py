@@ -132,7 +132,7 @@ def float_tensor(x: Any, name: str, ndim: int | tuple[int, ...] | None = None,
 
     if isinstance(x, np.ndarray):
         if x.dtype.kind == "c" or x.dtype.kind not in "fiub":
-            raise ArgumentTypeError(f"{name} must be a real floating-point array, got dtype {x.dtype}")
+            raise ArgumentTypeError(f"{name} must be a real floating point array, got dtype {x.dtype}")
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
         raise ArgumentTypeError(f"{name} must be a torch tensor or numpy array, got {_kind(x)} "
@@ -169,7 +169,7 @@ def float_array(x: Any, name: str, ndim: int | tuple[int, ...] | None = None,
     except (ValueError, TypeError) as e:
         raise ArgumentTypeError(f"{name} must be an array of numbers, got {_kind(x)} ({e})") from None
     if arr.dtype.kind != "f":
-        raise ArgumentTypeError(f"{name} must be a real floating-point array, got dtype "
+        raise ArgumentTypeError(f"{name} must be a real floating point array, got dtype "
                                 f"{arr.dtype}")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
@@ -257,7 +257,7 @@ def tokens(x: Any, name: str = "tokens", ndim: int | tuple[int, ...] = (1, 2),
         raise ArgumentTypeError(f"{name} must hold integer token ids, got dtype {x.dtype}")
     allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     if x.dim() not in allowed:
-        raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimensions "
+        raise ValueError(f"{name} must be {'-D or '.join(map(str, allowed))}-D "
                          f"((seq,) or (batch, seq)), got shape {tuple(x.shape)}")
     if x.numel() < min_tokens:
         raise ValueError(f"{name} must be non-empty, at least {min_tokens} token(s), got shape "
@@ -347,3 +347,60 @@ def seed(value: Any, name: str = "seed") -> int:
 def threads(value: Any, name: str = "threads") -> int | None:
     """None (leave torch's setting) or a positive thread count."""
     return optional_integer(value, name, lo=1)
+
+
+def also_accepts(**project_to_upstream: str) -> Callable:
+    """Decorator for functions that mirror an upstream API by name: keep the upstream keyword
+    and also accept the project's name for the same idea, without a warning.
+
+    ``@also_accepts(group_size="blocksize", qtype="quant_type")`` lets
+    ``nf4.quantize_4bit(x, group_size=64, qtype="nf4")`` mean ``blocksize=64,
+    quant_type="nf4"`` (bitsandbytes' names); passing both names is a TypeError.
+    """
+    def deco(fn: Callable) -> Callable:
+        params = inspect.signature(fn).parameters
+        for upstream in project_to_upstream.values():
+            if upstream not in params:
+                raise AssertionError(f"{fn.__name__} has no parameter {upstream!r}")
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for project, upstream in project_to_upstream.items():
+                if project in kwargs:
+                    if upstream in kwargs:
+                        raise TypeError(f"{fn.__name__}() got both {upstream}= and {project}= "
+                                        f"(the same setting); pass one")
+                    kwargs[upstream] = kwargs.pop(project)
+            return fn(*args, **kwargs)
+
+        wrapper.__signature__ = inspect.signature(fn)
+        wrapper.project_names = dict(project_to_upstream)
+        return wrapper
+    return deco
+
+
+def float32_array(x: Any, name: str, ndim: int | tuple[int, ...] | None = None,
+                  shape_doc: str = "", finite: bool = True, allow_empty: bool = False,
+                  hint: str = "") -> np.ndarray:
+    """``x`` as a C-contiguous numpy float32 array, checked without conversion.
+
+    The strict dtype policy of the ggml-format kernels (:mod:`qlearn.kquants`,
+    :mod:`qlearn.kernels`): they read the bytes of a float32 array as ggml does, so another
+    dtype is refused (with the conversion to use) rather than converted silently."""
+    if not isinstance(x, np.ndarray):
+        raise ArgumentTypeError(f"{name} must be a numpy float32 array {shape_doc}, got "
+                                f"{_kind(x)}{' (' + hint + ')' if hint else ''}".replace("  ", " "))
+    if x.dtype != np.float32:
+        raise ArgumentTypeError(f"{name} must be float32, got {x.dtype} (convert with "
+                                f"x.astype(np.float32))")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            raise ValueError(f"{name} must be {'-D or '.join(map(str, allowed))}-D {shape_doc}, "
+                             f"got shape {x.shape}".replace("  ", " "))
+    if not allow_empty and x.size == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {x.shape}")
+    if finite and not np.isfinite(x).all():
+        raise ValueError(f"{name} must be finite, got {int((~np.isfinite(x)).sum())} NaN or Inf "
+                         f"values of {x.size} (clean the tensor first)")
+    return np.ascontiguousarray(x)

@@ -18,6 +18,7 @@ quantization states are checked the same way at the end.
 from __future__ import annotations
 
 import dataclasses
+import json
 import linecache
 import math
 import os
@@ -139,8 +140,8 @@ SPECS = [
          dict(X="farr2", W="farr2", W_hat="farr2")),
     # SmoothQuant
     Spec("smoothquant.absmax_fake_quant", smoothquant.absmax_fake_quant,
-         lambda r: dict(t=_t(_W(r)), mode="per_token", bits=8),
-         dict(t="farr2", mode="choice", bits="bits")),
+         lambda r: dict(t=_t(_W(r)), granularity="per_token", bits=8),
+         dict(t="farr2", granularity="choice", bits="bits")),
     Spec("smoothquant.act_scales", smoothquant.act_scales, lambda r: dict(X=_t(_W(r))),
          dict(X="farr2")),
     Spec("smoothquant.smooth_scales", smoothquant.smooth_scales,
@@ -845,6 +846,100 @@ def test_corrupt_gguf_files_are_refused_with_corrupt_gguf(tmp_path):
 def test_write_gguf_refuses_what_would_change_or_break_the_file(tmp_path, tensors, match):
     with pytest.raises(ValueError, match=match):
         gguf_io.write_gguf(tmp_path / "w.gguf", tensors, {})
+
+
+
+# --- corrupt safetensors -------------------------------------------------------------------------
+
+def _split_safetensors(raw: bytes) -> tuple[dict, bytes]:
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def _join_safetensors(header: dict, data: bytes) -> bytes:
+    h = json.dumps(header).encode()
+    return len(h).to_bytes(8, "little") + h + data
+
+
+def _edited(raw: bytes, edit) -> bytes:
+    header, data = _split_safetensors(raw)
+    edit(header)
+    return _join_safetensors(header, data)
+
+
+def _safetensors_corruptions(raw: bytes) -> dict[str, bytes]:
+    header, data = _split_safetensors(raw)
+    names = sorted((k for k in header if k != "__metadata__"),
+                   key=lambda k: header[k]["data_offsets"][0])
+    a, b = names[0], names[1]
+    n = int.from_bytes(raw[:8], "little")
+
+    def overlap(h):
+        h[b]["data_offsets"] = [h[a]["data_offsets"][0],
+                                h[a]["data_offsets"][0] + h[b]["data_offsets"][1]
+                                - h[b]["data_offsets"][0]]
+
+    def other_dtype(h):
+        h[a]["dtype"] = "F64" if h[a]["dtype"] != "F64" else "F32"
+
+    return {
+        "empty file": b"",
+        "truncated header length": raw[:5],
+        "truncated header": raw[:8 + n // 2],
+        "truncated data": raw[:-16],
+        "header length past the end": (len(raw) * 2).to_bytes(8, "little") + raw[8:],
+        "header length zero": (0).to_bytes(8, "little") + raw[8:],
+        "header JSON garbage": raw[:8] + b"{\xff" + b"x" * (n - 2) + raw[8 + n:],
+        "header not an object": raw[:8] + b"[1]" + b" " * (n - 3) + raw[8 + n:],
+        "offsets outside the data": _edited(raw, lambda h: h[a].update(
+            data_offsets=[0, len(data) + 4])),
+        "offsets reversed": _edited(raw, lambda h: h[a].update(data_offsets=[8, 4])),
+        "tensors overlap": _edited(raw, overlap),
+        "dtype does not match the bytes": _edited(raw, other_dtype),
+        "shape does not match the bytes": _edited(raw, lambda h: h[a].update(
+            shape=[d + 1 for d in h[a]["shape"]])),
+        "unknown dtype": _edited(raw, lambda h: h[a].update(dtype="Q4_K")),
+        "negative dimension": _edited(raw, lambda h: h[a].update(shape=[-1])),
+        "entry without offsets": _edited(raw, lambda h: h[a].pop("data_offsets")),
+        "metadata not str": _edited(raw, lambda h: h.update(__metadata__={"bits": 4})),
+    }
+
+
+def _assert_corrupt(fn, path, what):
+    with pytest.raises(ValueError, match="corrupt safetensors") as e:
+        fn(path)
+    assert traceback.extract_tb(e.value.__traceback__)[-1].filename.startswith(QLEARN_DIR), what
+
+
+def test_corrupt_safetensors_are_refused_by_every_reader(tmp_path):
+    """qlearn's two safetensors readers (the tiny model's weights, GPTQ checkpoints) refuse
+    each corruption with ValueError("corrupt safetensors: ...") before reading a tensor."""
+    from qlearn import checkpoint
+
+    gptq_file = _gptq_file(np.random.default_rng(0))
+    readers = {gptq_file: [gptq.load_autogptq, checkpoint.check_safetensors],
+               models.TINY_WEIGHTS: [lambda p: models.load_tiny(weights=p)]}
+    n_cases = 0
+    for good, fns in readers.items():
+        for fn in fns:
+            fn(good)                                          # the intact file loads
+        for what, data in _safetensors_corruptions(good.read_bytes()).items():
+            p = tmp_path / f"bad-{good.stem}.safetensors"
+            p.write_bytes(data)
+            for fn in fns:
+                _assert_corrupt(fn, p, f"{good.name}: {what}")
+                n_cases += 1
+    assert n_cases == 3 * 17
+
+
+def test_safetensors_missing_tensors_are_named(tmp_path):
+    raw = models.TINY_WEIGHTS.read_bytes()
+    p = tmp_path / "tiny.safetensors"
+    p.write_bytes(_edited(raw, lambda h: h.pop("layers.3.mlp.up_proj.weight")))
+    with pytest.raises(ValueError, match=r"corrupt safetensors.*layers\.3\.mlp\.up_proj\.weight"):
+        models.load_tiny(weights=p)
+    with pytest.raises(ValueError, match="expected a safetensors file, got no file"):
+        gptq.load_autogptq(tmp_path / "absent.safetensors")
 
 
 def test_gptq_checkpoint_consistency(tmp_path):
