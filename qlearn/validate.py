@@ -185,34 +185,47 @@ def float_array(x: Any, name: str, ndim: int | tuple[int, ...] | None = None,
     return arr
 
 
+def _keyword_aliases(alias_to_param: dict[str, str], deprecated: bool) -> Callable:
+    """Decorator factory: let ``f(alias=v)`` mean ``f(param=v)`` (a DeprecationWarning when
+    ``deprecated``); passing both names is a TypeError."""
+    def deco(fn: Callable) -> Callable:
+        params = inspect.signature(fn).parameters
+        for param in alias_to_param.values():
+            if param not in params:
+                raise AssertionError(f"{fn.__name__} has no parameter {param!r}")
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for alias, param in alias_to_param.items():
+                if alias in kwargs:
+                    if param in kwargs:
+                        raise TypeError(
+                            f"{fn.__name__}() got both {param}= and its deprecated alias {alias}=;"
+                            f" pass only {param}=" if deprecated else
+                            f"{fn.__name__}() got both {param}= and {alias}= (the same setting);"
+                            f" pass one")
+                    if deprecated:
+                        warnings.warn(f"{fn.__name__}({alias}=...) is deprecated, use {param}=",
+                                      DeprecationWarning, stacklevel=2)
+                    kwargs[param] = kwargs.pop(alias)
+            return fn(*args, **kwargs)
+
+        wrapper.__signature__ = inspect.signature(fn)
+        if deprecated:
+            wrapper.deprecated_aliases = dict(alias_to_param)
+        else:
+            wrapper.project_names = dict(alias_to_param)
+        return wrapper
+    return deco
+
+
 def renamed(**old_to_new: str) -> Callable:
     """Decorator: accept old keyword names as deprecated aliases of the new ones.
 
     ``@renamed(w_bit="bits")`` lets ``f(W, w_bit=4)`` call ``f(W, bits=4)`` with a
     DeprecationWarning; passing both names is a TypeError.
     """
-    def deco(fn: Callable) -> Callable:
-        params = inspect.signature(fn).parameters
-        for new in old_to_new.values():
-            if new not in params:
-                raise AssertionError(f"{fn.__name__} has no parameter {new!r}")
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            for old, new in old_to_new.items():
-                if old in kwargs:
-                    if new in kwargs:
-                        raise TypeError(f"{fn.__name__}() got both {new}= and its deprecated "
-                                        f"alias {old}=; pass only {new}=")
-                    warnings.warn(f"{fn.__name__}({old}=...) is deprecated, use {new}=",
-                                  DeprecationWarning, stacklevel=2)
-                    kwargs[new] = kwargs.pop(old)
-            return fn(*args, **kwargs)
-
-        wrapper.__signature__ = inspect.signature(fn)
-        wrapper.deprecated_aliases = dict(old_to_new)
-        return wrapper
-    return deco
+    return _keyword_aliases(old_to_new, deprecated=True)
 
 
 # --- model-level arguments ------------------------------------------------------------------------
@@ -262,9 +275,11 @@ def tokens(x: Any, name: str = "tokens", ndim: int | tuple[int, ...] = (1, 2),
     if x.numel() < min_tokens:
         raise ValueError(f"{name} must be non-empty, at least {min_tokens} token(s), got shape "
                          f"{tuple(x.shape)}")
-    if x.numel() and (int(x.min()) < 0 or (vocab_size is not None and int(x.max()) >= vocab_size)):
-        raise ValueError(f"{name} must be ids in [0, {vocab_size}), got values from "
-                         f"{int(x.min())} to {int(x.max())}")
+    if x.numel():
+        lo, hi = (int(v) for v in torch.aminmax(x))
+        if lo < 0 or (vocab_size is not None and hi >= vocab_size):
+            raise ValueError(f"{name} must be ids in [0, {vocab_size}), got values from {lo} "
+                             f"to {hi}")
     return x.long()
 
 
@@ -357,26 +372,7 @@ def also_accepts(**project_to_upstream: str) -> Callable:
     ``nf4.quantize_4bit(x, group_size=64, qtype="nf4")`` mean ``blocksize=64,
     quant_type="nf4"`` (bitsandbytes' names); passing both names is a TypeError.
     """
-    def deco(fn: Callable) -> Callable:
-        params = inspect.signature(fn).parameters
-        for upstream in project_to_upstream.values():
-            if upstream not in params:
-                raise AssertionError(f"{fn.__name__} has no parameter {upstream!r}")
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            for project, upstream in project_to_upstream.items():
-                if project in kwargs:
-                    if upstream in kwargs:
-                        raise TypeError(f"{fn.__name__}() got both {upstream}= and {project}= "
-                                        f"(the same setting); pass one")
-                    kwargs[upstream] = kwargs.pop(project)
-            return fn(*args, **kwargs)
-
-        wrapper.__signature__ = inspect.signature(fn)
-        wrapper.project_names = dict(project_to_upstream)
-        return wrapper
-    return deco
+    return _keyword_aliases(project_to_upstream, deprecated=False)
 
 
 def float32_array(x: Any, name: str, ndim: int | tuple[int, ...] | None = None,
