@@ -202,6 +202,10 @@ def _run_merged(name: str, *args, timeout: float = 900) -> str:
 
 def llama_perplexity(gguf_path, text: str, n_ctx: int = 512, threads: int = 2) -> float:
     """``llama-perplexity``'s final estimate on ``text`` (written to a temporary file)."""
+    gguf_path = validate.gguf_file(gguf_path)
+    validate.text(text)
+    validate.integer(n_ctx, "n_ctx", lo=4)
+    validate.integer(threads, "threads", lo=1)
     with tempfile.TemporaryDirectory() as d:
         f = Path(d) / "text.txt"
         f.write_text(text, encoding="utf-8")
@@ -217,6 +221,9 @@ def llama_generate(gguf_path, prompt: str, n_predict: int = 16) -> str:
     """Greedy continuation of ``prompt`` by ``llama-simple`` (only the new text)."""
     from . import llama_cpp
 
+    gguf_path = validate.gguf_file(gguf_path)
+    validate.text(prompt, "prompt")
+    validate.integer(n_predict, "n_predict", lo=1)
     proc = subprocess.run([str(llama_cpp.tool("llama-simple")), "-m", str(gguf_path), "-n", str(n_predict), prompt],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
     if proc.returncode != 0:

@@ -253,9 +253,10 @@ def llama_bench(gguf_file, n_gen: int = 32, n_prompt: int = 64, threads: int = 1
 
     from qlearn import llama_cpp
 
-    if n_gen < 2 or n_prompt < 1 or threads < 1 or repetitions < 1:
-        raise ValueError(f"need n_gen >= 2, n_prompt, threads, repetitions >= 1; got {n_gen}, "
-                         f"{n_prompt}, {threads}, {repetitions}")
+    gguf_file = validate.gguf_file(gguf_file, "gguf_file")
+    validate.integer(n_gen, "n_gen", lo=2)
+    for name, v in (("n_prompt", n_prompt), ("threads", threads), ("repetitions", repetitions)):
+        validate.integer(v, name, lo=1)
     common = ("-m", str(gguf_file), "-t", str(threads), "-r", str(repetitions), "-o", "json")
     out = llama_cpp.run("llama-bench", "-n", str(n_gen), "-p", str(n_prompt), *common)
     text = out.stdout

@@ -10,8 +10,12 @@ or a silent NaN. Policies decided once:
 * **finite**: NaN/Inf inputs are refused (they would poison a scale).
 * **float parameters** (clip, alpha, threshold, ratio, temperature, ...): checked with
   :func:`number` against a stated interval.
-* **old keyword names** (``w_bit=``, ``n_bits=``, ...) keep working with a DeprecationWarning
-  (:func:`renamed`).
+* **old keyword names** (``w_bit=``, ``n_bits=``, ``mode=``, ``quant_type=``, ``blocksize=``)
+  keep working with a DeprecationWarning (:func:`renamed`); functions mirroring an upstream API
+  keep its keyword and also accept the project's (:func:`also_accepts`).
+* **models and token ids**: :func:`module`, :func:`model_tokens`, :func:`language_model`
+  (ids inside the model's vocabulary), :func:`tokenizer`, :func:`text`; files: :func:`path`,
+  :func:`gguf_file` (safetensors: :mod:`qlearn.checkpoint`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["ArgumentTypeError", "BITS_RANGE", "bits", "flag", "number", "integer", "choice", "group_size",
-           "float_tensor", "float_array", "renamed", "shape_of"]
+__all__ = ["ArgumentTypeError", "BITS_RANGE", "bits", "flag", "number", "integer", "choice",
+           "group_size", "float_tensor", "float_array", "float32_array", "renamed", "also_accepts",
+           "shape_of", "module", "tokens", "model_tokens", "language_model", "vocab_size", "text",
+           "tokenizer", "function", "optional_integer", "path", "gguf_file", "seed", "threads"]
 
 class ArgumentTypeError(TypeError, ValueError):
     """An argument of the wrong kind (e.g. an int dtype where floats are expected).
@@ -400,3 +406,11 @@ def float32_array(x: Any, name: str, ndim: int | tuple[int, ...] | None = None,
         raise ValueError(f"{name} must be finite, got {int((~np.isfinite(x)).sum())} NaN or Inf "
                          f"values of {x.size} (clean the tensor first)")
     return np.ascontiguousarray(x)
+
+
+def gguf_file(value: Any, name: str = "gguf_path"):
+    """An existing ``.gguf`` file (for the llama.cpp tools), as a Path."""
+    p = path(value, name)
+    if not p.is_file():
+        raise ValueError(f"{name} must be an existing GGUF file, got {str(p)!r} (no such file)")
+    return p

@@ -18,6 +18,7 @@ quantization states are checked the same way at the end.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import linecache
 import math
@@ -36,9 +37,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qlearn import (adapters, awq, calibration, deploy, export, formats, gguf_io, gguf_mixes, gptq,
-                    imatrix, kernels, kquants, kvcache, llm_int8, lora, memory, models, nf4, qat,
-                    qlora, smoothquant, speed, uniform)
-from qlearn.models import TINY_TOKENIZER, LlamaConfig, LlamaModel, Tokenizer, evaluate, llama, quantized
+                    imatrix, kernels, kquants, kvcache, llama_cpp, llm_int8, lora, memory, models,
+                    nf4, qat, qlora, smoothquant, speed, uniform)
+from qlearn.models import (TINY_TOKENIZER, LlamaConfig, LlamaModel, Tokenizer, evaluate, llama,
+                           quantized)
 
 QLEARN_DIR = str(Path(uniform.__file__).parent)
 
@@ -634,6 +636,32 @@ SPECS += [
          dict(n="count", repeats="count")),
 ]
 
+# llama.cpp clients: every malformed argument is refused before a tool runs (the valid call
+# needs the tools of scripts/llama_cpp.sh and is skipped without them)
+@functools.lru_cache(maxsize=1)
+def _gguf_model() -> Path:
+    return export.to_gguf(_model(), _TMP / "client.gguf", "Q8_0", tokenizer=_TOKENIZER)
+
+
+TOOL_SPECS = [
+    Spec("deploy.llama_perplexity", deploy.llama_perplexity,
+         lambda r: dict(gguf_path=_gguf_model(), text=_TEXT, n_ctx=8, threads=1),
+         dict(gguf_path="path_in", text="text", n_ctx="count", threads="count")),
+    Spec("deploy.llama_generate", deploy.llama_generate,
+         lambda r: dict(gguf_path=_gguf_model(), prompt="To be", n_predict=2),
+         dict(gguf_path="path_in", prompt="text", n_predict="count")),
+    Spec("kvcache.llama_cpp_perplexity", kvcache.llama_cpp_perplexity,
+         lambda r: dict(gguf=_gguf_model(), text=_TEXT, k_type="q8_0", v_type="f16", n_ctx=8,
+                        threads=1),
+         dict(gguf="path_in", text="text", k_type="choice", v_type="choice", rotate="flag",
+              n_ctx="count", threads="count")),
+    Spec("speed.llama_bench", speed.llama_bench,
+         lambda r: dict(gguf_file=_gguf_model(), n_gen=2, n_prompt=1, threads=1, repetitions=1),
+         dict(gguf_file="path_in", n_gen="count", n_prompt="count", threads="count",
+              repetitions="count")),
+]
+SPECS += TOOL_SPECS
+
 _BAD_TOKENS = {
     "float": lambda v, r: v.float(), "bool": lambda v, r: v > 0,
     "empty": lambda v, r: v[..., :0], "out_of_vocab": lambda v, r: v + 10 ** 6,
@@ -772,6 +800,8 @@ def outcome(spec: Spec, arg: str, kind: str, bad: str, seed: int) -> tuple[str, 
 def test_the_valid_call_runs(name):
     """The base call is valid, so every error below comes from the one malformed argument."""
     spec = SPEC_BY_NAME[name]
+    if spec in TOOL_SPECS and not llama_cpp.available():
+        pytest.skip("needs the llama.cpp tools (bash scripts/llama_cpp.sh)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         spec.fn(**spec.build(np.random.default_rng(0)))
