@@ -358,10 +358,8 @@ def _as_f32(x, name: str = "x") -> tuple[np.ndarray, str, bool]:
 
 
 def _check_args(blocksize: int, quant_type: str) -> None:
-    if quant_type not in QUANT_TYPES:
-        raise ValueError(f"quant_type must be one of {QUANT_TYPES}, got {quant_type!r}")
-    if blocksize not in BLOCKSIZES:
-        raise ValueError(f"blocksize must be one of bitsandbytes' {BLOCKSIZES}, got {blocksize!r}")
+    validate.choice(quant_type, "quant_type (qtype)", QUANT_TYPES)
+    validate.choice(blocksize, "blocksize (group_size)", BLOCKSIZES)
 
 
 def _check_values(flat: np.ndarray) -> None:
@@ -377,8 +375,7 @@ def _check_values(flat: np.ndarray) -> None:
 
 
 def _check_backend(backend: str) -> None:
-    if backend not in ("numba", "numpy"):
-        raise ValueError(f"backend must be 'numba' or 'numpy', got {backend!r}")
+    validate.choice(backend, "backend", ("numba", "numpy"))
 
 
 # ---------------------------------------------------------------------------------------------
