@@ -651,7 +651,7 @@ TOOL_SPECS = [
          lambda r: dict(gguf_path=_gguf_model(), prompt="To be", n_predict=2),
          dict(gguf_path="path_in", prompt="text", n_predict="count")),
     Spec("kvcache.llama_cpp_perplexity", kvcache.llama_cpp_perplexity,
-         lambda r: dict(gguf=_gguf_model(), text=_TEXT, k_type="q8_0", v_type="f16", n_ctx=8,
+         lambda r: dict(gguf=_gguf_model(), text=_TEXT, k_type="bf16", v_type="f16", n_ctx=8,
                         threads=1),
          dict(gguf="path_in", text="text", k_type="choice", v_type="choice", rotate="flag",
               n_ctx="count", threads="count")),
