@@ -13,8 +13,11 @@ import copy
 import dataclasses
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
+
+from qlearn import validate
 
 __all__ = ["LAYER_LINEARS", "find_linears", "decoder_layers", "capture_inputs", "replace_linears",
            "fake_quantize_linears", "ScaleGroup", "scale_groups"]
@@ -26,6 +29,7 @@ LAYER_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "se
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The decoder layers in forward order; each is callable as ``layer(h) -> h``, h (batch, seq, dim) float32."""
+    validate.module(model)
     layers = getattr(model, "layers", None)
     if layers is None:
         raise ValueError(f"expected a model with a `layers` list of decoder layers (Llama naming), "
@@ -38,6 +42,7 @@ def find_linears(model: nn.Module, include_lm_head: bool = False) -> dict[str, n
 
     The LM head ("lm_head") is left out unless include_lm_head (quantization methods usually keep it).
     """
+    validate.flag(include_lm_head, "include_lm_head")
     out = {}
     for i, layer in enumerate(decoder_layers(model)):
         for sub in LAYER_LINEARS:
@@ -53,6 +58,10 @@ def _check_names(model: nn.Module, names, include_lm_head: bool = True) -> list[
         return list(find_linears(model))
     if isinstance(names, str):
         names = [names]
+    if not isinstance(names, (list, tuple, set, frozenset, dict)) or not names or \
+            not all(isinstance(n, str) for n in names):
+        raise ValueError(f"names must be a non-empty list of linear names from "
+                         f"find_linears(model) (or None for all), got {names!r}")
     names = list(names)
     bad = [n for n in names if n not in known]
     if bad:
@@ -73,12 +82,9 @@ def capture_inputs(model: nn.Module, tokens: torch.Tensor, names) -> dict[str, t
     token order. The forward pass stops after the last requested linear (hooks are always removed).
     """
     names = _check_names(model, names)
-    tokens = torch.as_tensor(tokens)
+    tokens = validate.model_tokens(model, tokens)
     if tokens.ndim == 1:
         tokens = tokens[None]
-    if tokens.ndim != 2 or tokens.numel() == 0 or tokens.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"tokens must be a non-empty (batch, seq) integer tensor, got shape "
-                         f"{tuple(tokens.shape)} dtype {tokens.dtype}")
     modules = find_linears(model, include_lm_head=True)
     order = list(modules)
     last = max(order.index(n) for n in names)
@@ -109,6 +115,7 @@ def capture_inputs(model: nn.Module, tokens: torch.Tensor, names) -> dict[str, t
 def replace_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module], names=None) -> nn.Module:
     """In place: swap each linear ``name`` (default: all of find_linears) for ``make(name, linear)``. Returns model."""
     names = _check_names(model, names)
+    validate.function(make, "make")
     linears = find_linears(model, include_lm_head=True)
     for name in names:
         parent_name, _, attr = name.rpartition(".")
@@ -126,20 +133,35 @@ def fake_quantize_linears(model: nn.Module, quant_dequant: Callable[[torch.Tenso
     quantized gets its own copy, so the embedding stays full precision.
     """
     names = _check_names(model, names)
+    validate.function(quant_dequant, "quant_dequant")
     q = copy.deepcopy(model)
     linears = find_linears(q, include_lm_head=True)
     with torch.no_grad():
         for name in names:
             lin = linears[name]
             w = lin.weight.detach().float().clone()
-            w_hat = torch.as_tensor(quant_dequant(w))
+            w_hat = quant_dequant(w)
+            if not isinstance(w_hat, (torch.Tensor, np.ndarray)) or \
+                    not (w_hat.dtype.is_floating_point if isinstance(w_hat, torch.Tensor)
+                         else w_hat.dtype.kind == "f"):
+                raise ValueError(f"quant_dequant must return a float tensor or array for {name}, "
+                                 f"got {type(w_hat).__name__} {getattr(w_hat, 'dtype', '')}")
+            w_hat = torch.as_tensor(w_hat)
             if tuple(w_hat.shape) != tuple(w.shape):
                 raise ValueError(f"quant_dequant must return the weight's shape {tuple(w.shape)} for {name}, "
                                  f"got {tuple(w_hat.shape)}")
             if not torch.isfinite(w_hat).all():
-                raise ValueError(f"quant_dequant returned NaN/Inf for {name}")
+                raise ValueError(f"quant_dequant must return finite values, got NaN/Inf for {name}")
             lin.weight = nn.Parameter(w_hat.to(torch.float32).reshape(w.shape), requires_grad=False)
     return q
+
+
+def _has_submodule(module: nn.Module, name: str) -> bool:
+    try:
+        module.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 @dataclasses.dataclass
@@ -163,6 +185,12 @@ def scale_groups(layer: nn.Module) -> list[ScaleGroup]:
     the same shape, i.e. no grouped-query attention); post_attention_layernorm -> gate,up (inspect mlp);
     up_proj -> down_proj (inspect down_proj).
     """
+    validate.module(layer, "layer")
+    missing = [n for n in ("input_layernorm", "post_attention_layernorm", *LAYER_LINEARS)
+               if not _has_submodule(layer, n)]
+    if missing:
+        raise ValueError(f"layer must be a decoder layer with Llama naming, got "
+                         f"{type(layer).__name__} without {missing[:3]}")
     a, m = layer.self_attn, layer.mlp
     groups = [ScaleGroup("input_layernorm->q_proj,k_proj,v_proj", layer.input_layernorm,
                          [a.q_proj, a.k_proj, a.v_proj], a)]

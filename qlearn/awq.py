@@ -315,6 +315,11 @@ class AWQResult:
         clip_max_val: (out, n_groups) float32, clip thresholds chosen on the scaled weight.
         clip_only_max_val: (out, n_groups) float32, clip thresholds without scaling.
         errors: relative output errors ``{"rtn", "scale_only", "clip_only", "full"}``.
+        bits, group_size: the settings used.
+
+    The project's result convention: :attr:`qtensor` is the scaled weight's grid as a
+    :class:`qlearn.uniform.QTensor` (mapping ``"asymmetric_minmax"``), and :meth:`dequantize`
+    takes no argument and returns ``Q`` bit for bit.
     """
     codes: torch.Tensor
     qscales: torch.Tensor
@@ -328,6 +333,26 @@ class AWQResult:
     clip_max_val: torch.Tensor
     clip_only_max_val: torch.Tensor
     errors: dict
+    bits: int | None = None
+    group_size: int | None = None
+
+    mapping = MAPPING
+
+    @property
+    def qtensor(self) -> uniform.QTensor:
+        """codes, qscales and qzeros as a :class:`qlearn.uniform.QTensor` (numpy), one block per
+        group of ``group_size`` columns."""
+        out, cols = self.codes.shape
+        gs = cols // self.qscales.shape[1]
+        bits = self.bits if self.bits is not None else uniform.MAX_BITS
+        return uniform.QTensor(self.codes.numpy(), self.qscales.numpy().astype(np.float32),
+                               self.qzeros.numpy().astype(np.int32), bits, False, (1, gs),
+                               (out, cols), MAPPING)
+
+    def dequantize(self) -> torch.Tensor:
+        """(out, in) float32 ``(codes - qzeros) * qscales`` per group: ``Q``, bit for bit (the
+        scaled space; divide by ``scales`` for ``W_hat``)."""
+        return torch.from_numpy(self.qtensor.dequantize())
 
 
 @validate.renamed(w_bit="bits")
@@ -370,7 +395,7 @@ def awq_quantize(W, X, bits: int = 4, group_size: int = 128, duo_scaling: bool =
                   "clip_only": output_error(X, W, Q_clip),
                   "full": output_error(X, W, Q, Xs)}
     return AWQResult(codes, qscales, qzeros, Q, Q / s_row, sc.scales, sc.best_ratio,
-                     sc.loss_history, sc.x_mean_abs, clip, clip_only, errors)
+                     sc.loss_history, sc.x_mean_abs, clip, clip_only, errors, bits, gs)
 
 
 # --- a whole model (structure comes from qlearn.adapters) -------------------------------------
@@ -432,10 +457,12 @@ def awq_model(model: torch.nn.Module, tokens: torch.Tensor, bits: int = 4, group
 
     from qlearn import adapters
 
-    tokens = torch.as_tensor(tokens)
-    if tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"tokens must be a (batch, seq) integer tensor, got shape "
-                         f"{tuple(tokens.shape)} dtype {tokens.dtype}")
+    tokens = validate.model_tokens(model, tokens, "tokens", ndim=2)
+    validate.bits(bits, "bits", *validate.BITS_RANGE["awq"])
+    for name in ("duo_scaling", "clip", "progress"):
+        validate.flag(locals()[name], name)
+    for fc in adapters.find_linears(model).values():
+        check_group_size(fc.in_features, group_size)
     if clip and tokens.numel() < N_SAMPLE_TOKEN:
         raise ValueError(f"the clip search needs at least {N_SAMPLE_TOKEN} calibration tokens, got "
                          f"{tokens.numel()} (pass more text, or clip=False)")
@@ -489,4 +516,8 @@ def rtn_model(model: torch.nn.Module, bits: int = 4, group_size: int = 128) -> t
     """Round-to-nearest baseline with AWQ's quantizer on every linear (deep copy; lm_head kept)."""
     from qlearn import adapters
 
+    validate.module(model, decoder=True)
+    validate.bits(bits, "bits", *validate.BITS_RANGE["awq"])
+    for fc in adapters.find_linears(model).values():
+        check_group_size(fc.in_features, group_size)
     return adapters.fake_quantize_linears(model, lambda W: pseudo_quantize(W, bits, group_size)[0])

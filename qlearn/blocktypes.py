@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qlearn import validate
+
 __all__ = ["Field", "BlockType", "GGUF_TYPES", "PLAIN_TYPES", "IQ4_LEVELS", "QK_K", "QK",
            "get", "bits_per_weight", "block_info", "nf4_type"]
 
@@ -180,6 +182,7 @@ def block_info(name) -> tuple[int, int]:
     return t.block_size, t.type_size
 
 
+@validate.also_accepts(group_size="blocksize")
 def nf4_type(blocksize: int = 64, compress_statistics: bool = False,
              nested_blocksize: int = NF4_NESTED_BLOCKSIZE) -> BlockType:
     """bitsandbytes' 4-bit storage: 4-bit codes plus one fp32 absmax per ``blocksize`` weights,

@@ -52,22 +52,11 @@ class Range:
 
 def _as_array(x, name: str = "x", ndim: tuple = (1, 2)) -> np.ndarray:
     if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x)
-    if x.dtype.kind != "f":
-        raise validate.ArgumentTypeError(f"{name} must be a floating-point array of "
-                                         f"activations, got dtype {x.dtype}")
-    if x.ndim not in ndim:
-        raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dimensions "
-                         f"(tokens, features), got shape {x.shape}")
-    if x.size == 0:
-        raise ValueError(f"{name} is empty (got shape {x.shape}): calibration needs at least one activation "
-                         f"(run the model on some text first)")
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).sum())
-        raise ValueError(f"{name} contains {bad} NaN/Inf values: expected finite activations "
-                         f"(check the model for overflow, or drop those tokens)")
-    return x.astype(np.float64, copy=False)
+        if x.is_complex() or not x.is_floating_point():
+            raise validate.ArgumentTypeError(f"{name} must be a floating-point array of "
+                                             f"activations, got dtype {x.dtype}")
+        x = x.detach().cpu().numpy()            # keeps float64 (validate.float_array casts to f32)
+    return validate.float_array(x, name, ndim=ndim, dtype=np.float64)
 
 
 def _check_bits(bits: int) -> int:

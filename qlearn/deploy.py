@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gguf_mixes, memory
+from . import gguf_mixes, memory, validate
 
 __all__ = ["QUALITY_TABLE", "Option", "quality_table", "missing_rows", "recommend", "llama_perplexity",
            "llama_generate"]
@@ -128,8 +128,9 @@ def recommend(model, memory_gib: float, context: int, batch: int = 1, *, reserve
     """
     m = _model(model)
     n_params = float(model) if isinstance(model, (int, float)) else m.n_params
-    if not isinstance(memory_gib, (int, float)) or not memory_gib > 0:
-        raise ValueError(f"memory_gib must be a positive number of GiB, got {memory_gib!r}")
+    validate.number(memory_gib, "memory_gib", lo=0, lo_open=True, hint="GiB")
+    validate.number(reserve_gib, "reserve_gib", lo=0, hint="GiB")
+    validate.flag(include_unfit, "include_unfit")
     kv = memory.kv_cache_bytes(m.layers, m.kv_heads, m.head_dim, context, batch, KV_BYTES_FP16)
     rows = quality_table(table)["rows"]
     gcfg = _gguf_config(m)
@@ -208,6 +209,10 @@ def llama_perplexity(gguf_path, text: str, n_ctx: int = 512, threads: int = 2, *
     extra_args: more command-line arguments (e.g. ``("-fa", "on", "-ctk", "q8_0")``); env:
     environment variables for the tool (e.g. ``{"LLAMA_ATTN_ROT_DISABLE": "1"}``).
     """
+    gguf_path = validate.gguf_file(gguf_path)
+    validate.text(text)
+    validate.integer(n_ctx, "n_ctx", lo=4)
+    validate.integer(threads, "threads", lo=1)
     with tempfile.TemporaryDirectory() as d:
         f = Path(d) / "text.txt"
         f.write_text(text + "\n", encoding="utf-8")   # llama-perplexity -f drops one trailing newline
@@ -223,6 +228,9 @@ def llama_generate(gguf_path, prompt: str, n_predict: int = 16) -> str:
     """Greedy continuation of ``prompt`` by ``llama-simple`` (only the new text)."""
     from . import llama_cpp
 
+    gguf_path = validate.gguf_file(gguf_path)
+    validate.text(prompt, "prompt")
+    validate.integer(n_predict, "n_predict", lo=1)
     proc = subprocess.run([str(llama_cpp.tool("llama-simple")), "-m", str(gguf_path), "-n", str(n_predict), prompt],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
     if proc.returncode != 0:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import gguf_mixes
+from . import gguf_mixes, validate
 
 __all__ = ["model_config", "gguf_tensors", "tokenizer_metadata", "model_metadata", "to_gguf"]
 
@@ -130,6 +130,10 @@ def tokenizer_metadata(tokenizer) -> dict:
 def model_metadata(model, mix: str, name: str = "qlearn model") -> dict:
     """``general.*`` and ``llama.*`` metadata llama.cpp needs to build the graph."""
     c = _config(model)
+    if not isinstance(mix, str):
+        raise TypeError(f"mix must be a preset name such as 'Q4_K_M', got {type(mix).__name__}")
+    gguf_mixes.default_type(mix)  # raises for an unknown preset
+    validate.text(name, "name")
     return {
         "general.name": name,
         "general.file_type": gguf_mixes.FILE_TYPES.get(mix, gguf_mixes.FILE_TYPES["F32"]),
@@ -165,12 +169,13 @@ def _check_imatrix(imatrix, tensors: dict[str, np.ndarray]) -> dict[str, np.ndar
                 f"imatrix entry {name!r} is not a weight matrix of this model (expected names like "
                 f"'blk.0.attn_q.weight'): was the imatrix computed for another model?"
             )
-        v = np.asarray(v, dtype=np.float32).reshape(-1)
+        v = validate.float_array(v, f"imatrix entry {name!r}").reshape(-1)
         cols = tensors[name].shape[1]
         if v.size != cols:
-            raise ValueError(f"imatrix entry {name!r} has {v.size} values, the tensor has {cols} columns")
-        if not np.isfinite(v).all() or (v < 0).any():
-            raise ValueError(f"imatrix entry {name!r} must be finite and non-negative")
+            raise ValueError(f"imatrix entry {name!r} has {v.size} values, the tensor has {cols} "
+                             f"columns (expected one per column, got {v.size})")
+        if (v < 0).any():
+            raise ValueError(f"imatrix entry {name!r} must be non-negative, got minimum {v.min()}")
         out[name] = v
     return out
 
@@ -195,8 +200,12 @@ def to_gguf(model, path, mix: str = "Q4_K_M", imatrix=None, tokenizer=None, *, p
         raise TypeError(f"mix must be a preset name such as 'Q4_K_M', got {type(mix).__name__}")
     gguf_mixes.default_type(mix)  # raises for an unknown preset
     _config(model)  # a LlamaModel llama.cpp can load, or a clear error
+    path = validate.path(path)
+    validate.flag(pure, "pure")
+    validate.text(name, "name")
     if tokenizer is None:
-        raise ValueError("pass tokenizer=...: llama.cpp reads the vocabulary from the GGUF file")
+        raise ValueError("expected tokenizer=... (llama.cpp reads the vocabulary from the GGUF "
+                         "file), got None")
     tok_meta = tokenizer_metadata(tokenizer)
     n_vocab = len(tok_meta["tokenizer.ggml.tokens"])
     if n_vocab != model.config.vocab_size:

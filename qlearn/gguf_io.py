@@ -247,7 +247,7 @@ def read_gguf(path: str | Path) -> tuple[dict[str, tuple[np.ndarray, str, tuple[
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no GGUF file at {path}")
+        raise ValueError(f"expected a GGUF file, got no file at {path} (no GGUF file there)")
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)

@@ -183,6 +183,10 @@ class GPTQResult:
         Q: (out, in) float32 dequantized weight ``scales[:, g_idx] * (codes - zeros[:, g_idx])``.
         loss: the reference's internal loss ``sum((w - q)^2 / Hinv[i,i]^2) / 2`` (None for RTN).
         bits, group_size, sym: the settings used.
+
+    The project's result convention: :attr:`qtensor` is the same weight as a
+    :class:`qlearn.uniform.QTensor` (codes, scale, zero point, block size, mapping
+    ``"symmetric_offset"`` or ``"asymmetric"``), and :meth:`dequantize` takes no argument.
     """
 
     codes: torch.Tensor
@@ -195,6 +199,31 @@ class GPTQResult:
     bits: int
     group_size: int
     sym: bool
+
+    @property
+    def mapping(self) -> str:
+        """The grid's name in :data:`qlearn.uniform.MAPPINGS`."""
+        return _mapping(self.sym)
+
+    @property
+    def qtensor(self) -> uniform.QTensor:
+        """The codes, scales and zero points as a :class:`qlearn.uniform.QTensor` (numpy),
+        one block per group of ``group_size`` consecutive columns. Groups that are not
+        contiguous (act_order without static_groups) have no block form: ValueError."""
+        out, cols = self.codes.shape
+        n_groups = self.scales.shape[1]
+        gs = cols // n_groups
+        if cols % n_groups or not torch.equal(self.g_idx.long(), torch.arange(cols) // gs):
+            raise ValueError("expected contiguous groups for a QTensor, got a g_idx that "
+                             "permutes columns (act_order without static_groups); use "
+                             ".dequantize() or gptq.dequantize(codes, scales, zeros, g_idx)")
+        return uniform.QTensor(self.codes.numpy(), self.scales.numpy().astype(np.float32),
+                               self.zeros.numpy().astype(np.int32), self.bits, False, (1, gs),
+                               (out, cols), self.mapping)
+
+    def dequantize(self) -> torch.Tensor:
+        """(out, in) float32 ``scales[:, g_idx] * (codes - zeros[:, g_idx])``: ``Q``, bit for bit."""
+        return dequantize(self.codes, self.scales, self.zeros, self.g_idx)
 
 
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
@@ -668,6 +697,7 @@ def save_autogptq(path, tensors: dict[str, dict[str, torch.Tensor]], bits: int, 
     """
     from safetensors.torch import save_file
 
+    path = validate.path(path)
     bits = validate.bits(bits, "bits", MIN_BITS, MAX_BITS)
     group_size = validate.integer(group_size, "group_size", lo=-1)
     if group_size == 0:
@@ -684,8 +714,8 @@ def save_autogptq(path, tensors: dict[str, dict[str, torch.Tensor]], bits: int, 
         cols, n_groups = packed["g_idx"].shape[0], packed["scales"].shape[0]
         want = 1 if group_size == -1 else cols // group_size
         if n_groups != want:
-            raise ValueError(f"layer {name!r} has {n_groups} groups for {cols} inputs, but "
-                             f"group_size={group_size} means {want}")
+            raise ValueError(f"group_size={group_size} means {want} groups for {cols} inputs, "
+                             f"got {n_groups} groups in layer {name!r}")
     flat = {f"{name}.{k}": v.contiguous() for name, packed in tensors.items() for k, v in packed.items()}
     meta = {"quant_method": "gptq", "bits": str(bits), "group_size": str(group_size),
             "sym": str(bool(sym)).lower(), "desc_act": str(bool(desc_act)).lower()}
@@ -694,19 +724,13 @@ def save_autogptq(path, tensors: dict[str, dict[str, torch.Tensor]], bits: int, 
 
 def load_autogptq(path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
     """Read a file written by :func:`save_autogptq`: ``({layer: packed dict}, metadata)``."""
-    from safetensors import safe_open
+    from qlearn import checkpoint
 
     layers: dict[str, dict[str, torch.Tensor]] = {}
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            for key in f.keys():
-                name, _, part = key.rpartition(".")
-                layers.setdefault(name, {})[part] = f.get_tensor(key)
-    except FileNotFoundError:
-        raise ValueError(f"no safetensors file at {path}") from None
-    except Exception as e:  # safetensors raises SafetensorError, OSError, ...
-        raise ValueError(f"corrupt safetensors: {path} ({type(e).__name__}: {e})") from None
+    flat, meta = checkpoint.load_safetensors(path)
+    for key, t in flat.items():
+        name, _, part = key.rpartition(".")
+        layers.setdefault(name, {})[part] = t
     for key in ("quant_method", "bits", "group_size", "sym", "desc_act"):
         if key not in meta:
             raise ValueError(f"corrupt GPTQ checkpoint: metadata lacks {key!r} (got "
@@ -750,12 +774,13 @@ def gptq_model(model, calib_tokens, bits: int = 4, group_size: int = 128, sym: b
 
     from qlearn import adapters
 
-    tokens = torch.as_tensor(calib_tokens)
+    tokens = validate.model_tokens(model, calib_tokens, "calib_tokens")
     if tokens.dim() == 1:
         tokens = tokens[None]
-    if tokens.dim() != 2 or tokens.numel() == 0:
-        raise ValueError(f"calib_tokens must be a non-empty (batch, seq) integer tensor, got shape "
-                         f"{tuple(tokens.shape)} (pass at least one calibration sequence)")
+    validate.bits(bits, "bits", MIN_BITS, MAX_BITS)
+    validate.flag(progress, "progress")
+    for name in ("sym", "act_order", "static_groups"):
+        validate.flag(locals()[name], name)
     qmodel = copy.deepcopy(model).eval()
     linears = adapters.find_linears(qmodel)
     by_layer: dict[int, list[str]] = {}

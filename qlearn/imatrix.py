@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from qlearn import validate
+
 __all__ = ["compute_imatrix", "read_imatrix", "write_imatrix", "compute_model_imatrix"]
 
 IMATRIX_TYPE = "imatrix"  # general.type of an imatrix GGUF file
@@ -34,12 +36,14 @@ def compute_imatrix(activations: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     accumulated in float64 (llama.cpp sums in float32 over chunks; the difference is rounding).
     """
     if not isinstance(activations, dict) or not activations:
-        raise ValueError("activations must be a non-empty dict name -> (tokens, in_features) array")
+        raise ValueError(f"activations must be a non-empty dict name -> (tokens, in_features) "
+                         f"array, got {type(activations).__name__} {activations if isinstance(activations, dict) else ''}")
     out = {}
     for name, a in activations.items():
         if hasattr(a, "detach"):  # torch.Tensor
             a = a.detach().cpu().numpy()
-        a = np.asarray(a)
+        a = validate.float_array(a, f"activations[{name!r}]", dtype=np.float64, finite=False,
+                                 allow_empty=True)
         if a.ndim != 2:
             raise ValueError(
                 f"activations[{name!r}] must be (tokens, in_features), got shape {a.shape} "
@@ -51,8 +55,8 @@ def compute_imatrix(activations: dict[str, np.ndarray]) -> dict[str, np.ndarray]
             raise ValueError(f"activations[{name!r}] must be floating point, got {a.dtype}")
         if not np.isfinite(a).all():
             raise ValueError(
-                f"activations[{name!r}] contains {int((~np.isfinite(a)).sum())} NaN/Inf values; "
-                "fix the model run before computing an imatrix"
+                f"activations[{name!r}] must be finite, got {int((~np.isfinite(a)).sum())} NaN/Inf "
+                "values; fix the model run before computing an imatrix"
             )
         a64 = a.astype(np.float64)
         out[name] = (np.einsum("tj,tj->j", a64, a64) / a.shape[0]).astype(np.float32)
@@ -69,9 +73,9 @@ def read_imatrix(path) -> dict[str, np.ndarray]:
 
     import gguf
 
-    path = Path(path)
+    path = Path(validate.path(path))
     if not path.is_file():
-        raise ValueError(f"no imatrix file at {path}")
+        raise ValueError(f"expected an imatrix file, got no imatrix file at {path}")
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as e:  # noqa: BLE001 - gguf raises bare ValueError/struct errors on bad files
@@ -106,15 +110,17 @@ def write_imatrix(path, imatrix: dict[str, np.ndarray], n_tokens: int, chunk_siz
 
     from .gguf_io import write_gguf
 
+    path = validate.path(path)
     if not isinstance(imatrix, dict) or not imatrix:
-        raise ValueError("imatrix must be a non-empty dict GGUF tensor name -> (in_features,) array")
-    if not isinstance(n_tokens, (int, np.integer)) or n_tokens <= 0:
-        raise ValueError(f"n_tokens must be a positive int, got {n_tokens!r}")
+        raise ValueError(f"imatrix must be a non-empty dict GGUF tensor name -> (in_features,) "
+                         f"array, got {type(imatrix).__name__}")
+    validate.integer(n_tokens, "n_tokens", lo=1)
+    validate.integer(chunk_size, "chunk_size", lo=1)
     tensors = {}
     for name in sorted(imatrix):
-        v = np.asarray(imatrix[name], dtype=np.float32).reshape(-1)
-        if not np.isfinite(v).all() or (v < 0).any():
-            raise ValueError(f"imatrix[{name!r}] must be finite and non-negative")
+        v = validate.float_array(imatrix[name], f"imatrix[{name!r}]").reshape(-1)
+        if (v < 0).any():
+            raise ValueError(f"imatrix[{name!r}] must be non-negative, got minimum {v.min()}")
         tensors[name + ".in_sum2"] = ((v * np.float32(n_tokens)).reshape(1, -1), "F32")
         tensors[name + ".counts"] = (np.full((1, 1), n_tokens, dtype=np.float32), "F32")
     meta = {"general.type": IMATRIX_TYPE, "imatrix.datasets": list(datasets),
@@ -137,14 +143,16 @@ def compute_model_imatrix(model, tokenizer, text, n_ctx: int = 512, n_chunks: in
     from .export import BLOCK_NAMES, _config
 
     _config(model)  # a LlamaModel, or a TypeError that says so
-    if not isinstance(text, str) or not text:
-        raise ValueError("text must be a non-empty str")
+    validate.tokenizer(tokenizer)
+    validate.text(text)
+    validate.integer(n_ctx, "n_ctx", lo=1)
+    validate.optional_integer(n_chunks, "n_chunks", lo=1)
     ids = tokenizer.encode(text)
     n = len(ids) // n_ctx if n_ctx > 0 else 0
     if n_chunks is not None:
         n = min(n, n_chunks)
     if n < 1:
-        raise ValueError(f"need at least n_ctx={n_ctx} tokens, the text has {len(ids)}")
+        raise ValueError(f"need at least n_ctx={n_ctx} tokens, got {len(ids)} in the text")
     sums: dict[str, torch.Tensor] = {}
     hooks = []
     for i, layer in enumerate(model.layers):

@@ -29,7 +29,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from qlearn import _threads, blocktypes
+from qlearn import _threads, blocktypes, validate
 
 _threads.launch()  # numba's pool now, not at the first parallel kernel (which resets torch's)
 
@@ -438,33 +438,23 @@ Q8_MAX = 127  # largest int8 code used: symmetric [-127, 127], so -x quantizes t
 
 
 def _check_x(x, cols: int, what: str = "x") -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise ValueError(f"{what} must be a numpy float32 array of shape ({cols},), got {type(x).__name__}")
-    if x.dtype != np.float32:
-        raise ValueError(f"{what} must be float32, got {x.dtype} (convert with x.astype(np.float32))")
+    x = validate.float32_array(x, what, shape_doc=f"of shape ({cols},)", finite=False,
+                               allow_empty=True)
     if x.ndim != 1 or x.shape[0] != cols:
         raise ValueError(
             f"{what} must have shape ({cols},) to match the matrix's {cols} columns, got {x.shape}"
         )
-    if not np.isfinite(x).all():
-        raise ValueError(f"{what} must be finite, got {int((~np.isfinite(x)).sum())} NaN or Inf entries; clean the input first")
-    return np.ascontiguousarray(x)
+    return validate.float32_array(x, what)
 
 
 def _check_activations(x, block: int, qtype: str) -> np.ndarray:
     """A finite, non-empty 1-D float32 numpy vector whose length is a multiple of ``block``."""
-    if not isinstance(x, np.ndarray):
-        raise ValueError(f"{qtype} quantizes a numpy float32 vector, got {type(x).__name__}")
-    if x.dtype != np.float32:
-        raise ValueError(f"{qtype} needs float32, got {x.dtype} (convert with "
-                         f"x.astype(np.float32))")
+    x = validate.float32_array(x, "x", shape_doc=f"({qtype} quantizes a vector)", finite=False,
+                               allow_empty=True)
     if x.ndim != 1 or x.shape[0] == 0 or x.shape[0] % block:
         raise ValueError(f"{qtype} needs a 1-D float32 vector whose length is a positive "
                          f"multiple of {block}, got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{qtype}: x must be finite, got {int((~np.isfinite(x)).sum())} "
-                         f"NaN or Inf entries; clean the input first")
-    return np.ascontiguousarray(x)
+    return validate.float32_array(x, "x")
 
 
 def quantize_q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

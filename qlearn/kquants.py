@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qlearn import blocktypes
+from qlearn import blocktypes, validate
 
 F32 = np.float32
 
@@ -84,21 +84,12 @@ def _qtype(qtype) -> QType:
 
 
 def _check_x(x, t: QType) -> np.ndarray:
-    if not isinstance(x, np.ndarray):
-        raise ValueError(f"x must be a numpy float32 array (rows, cols), got {type(x).__name__}")
-    if x.dtype != np.float32:
-        raise ValueError(f"x must be float32, got {x.dtype} (convert with x.astype(np.float32))")
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-D (rows, cols), got shape {x.shape} (reshape to (rows, cols))")
-    if x.size == 0:
-        raise ValueError(f"x must be non-empty, got shape {x.shape}")
+    x = validate.float32_array(x, "x", ndim=2, shape_doc="(rows, cols)", finite=False)
     if x.shape[1] % t.block_size:
         hint = "pad the row or pick a 32-element type" if t.block_size == QK_K else "pad the row"
         raise ValueError(f"cols must be a multiple of the block size {t.block_size} for {t.name}, "
                          f"got {x.shape[1]} ({hint})")
-    if not np.isfinite(x).all():
-        raise ValueError(f"x must be finite, got {int(np.sum(~np.isfinite(x)))} NaN/Inf values "
-                         f"(clean the tensor before quantizing)")
+    validate.float32_array(x, "x")          # finite (after the block-size check, as before)
     amax = float(np.abs(x).max())
     if amax > MAX_ABS_INPUT:
         raise ValueError(f"|x| must be at most {float(MAX_ABS_INPUT):.0e} (float32 sums of squares would "
@@ -111,11 +102,13 @@ def _check_imatrix(imatrix, cols: int):
         return None
     imatrix = np.asarray(imatrix)
     if imatrix.dtype != np.float32:
-        raise ValueError(f"imatrix must be float32, got {imatrix.dtype}")
+        raise validate.ArgumentTypeError(f"imatrix must be float32, got {imatrix.dtype}")
     if imatrix.shape != (cols,):
         raise ValueError(f"imatrix must have one weight per column, shape ({cols},), got {imatrix.shape}")
     if not np.isfinite(imatrix).all() or (imatrix < 0).any():
-        raise ValueError("imatrix must be finite and non-negative (mean squared activations)")
+        raise ValueError(f"imatrix must be finite and non-negative (mean squared activations), "
+                         f"got minimum {np.nanmin(imatrix)} and {int((~np.isfinite(imatrix)).sum())}"
+                         f" NaN/Inf")
     return np.ascontiguousarray(imatrix)
 
 

@@ -53,7 +53,7 @@ import math
 import numpy as np
 import torch
 
-from . import formats, kquants, uniform
+from . import formats, kquants, uniform, validate
 from .models.llama import Attention, LayerCache, LlamaModel
 
 __all__ = ["FORMATS", "GGML_TYPES", "FLOAT_TYPES", "INT_TYPES", "FP8_TYPES", "CacheFormat",
@@ -128,6 +128,10 @@ def cache_format(type: str, head_dim: int, axis: str = "token", group: int | Non
     """
     if type not in FORMATS:
         raise ValueError(f"unknown KV cache type {type!r}; expected one of {FORMATS}")
+    validate.integer(head_dim, "head_dim", lo=1)
+    validate.flag(symmetric, "symmetric")
+    validate.flag(rotate, "rotate")
+    validate.optional_integer(rot, "rot", lo=1)
     if axis not in AXES:
         raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
     if isinstance(residual, bool) or not isinstance(residual, (int, np.integer)) or residual < 0:
@@ -179,6 +183,17 @@ def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
     return np.stack(parts, -1).reshape(*packed.shape[:-1], -1)
 
 
+def _check_format(fmt) -> None:
+    if not isinstance(fmt, CacheFormat):
+        raise TypeError(f"fmt must be a CacheFormat (from cache_format(...)), got "
+                        f"{type(fmt).__name__}")
+
+
+def _check_sizes(**sizes) -> None:
+    for name, v in sizes.items():
+        validate.integer(v, name, lo=0 if name == "length" else 1)
+
+
 def _int_block(fmt: CacheFormat, shape) -> tuple[int, ...]:
     return (1, 1, 1, fmt.group) if fmt.axis == "token" else (1, 1, fmt.group, 1)
 
@@ -189,6 +204,9 @@ def encode(x: torch.Tensor, fmt: CacheFormat) -> dict:
     Returns a dict of arrays whose axis 2 runs over tokens (or token groups); their bytes are
     the storage. The readable reference for every type; :func:`decode` inverts it.
     """
+    _check_format(fmt)
+    x = validate.float_tensor(x, "x", ndim=4, shape_doc="(batch, heads, n, head_dim)",
+                              allow_empty=True)
     t = fmt.type
     if t in FLOAT_TYPES:
         return {"x": x.to(FLOAT_TYPES[t])}
@@ -217,7 +235,20 @@ def encode(x: torch.Tensor, fmt: CacheFormat) -> dict:
 
 def decode(stored: dict, fmt: CacheFormat, head_dim: int) -> torch.Tensor:
     """Inverse of :func:`encode`: (batch, heads, n, head_dim) float32."""
+    _check_format(fmt)
+    validate.integer(head_dim, "head_dim", lo=1)
     t = fmt.type
+    need = ("x",) if t in FLOAT_TYPES else ("codes",) if t in FP8_TYPES else \
+        ("blocks",) if t in GGML_TYPES else ("codes", "scale") + (() if fmt.symmetric else ("zero",))
+    if not isinstance(stored, dict) or any(k not in stored for k in need):
+        raise ValueError(f"stored must be the dict encode() returned for {t}, with keys {need}, "
+                         f"got {sorted(stored) if isinstance(stored, dict) else type(stored).__name__}")
+    if t in INT_TYPES:
+        n_codes = stored["codes"].shape[-1] * 8 // INT_TYPES[t]
+        want = head_dim
+        if stored["codes"].ndim != 4 or n_codes != want:
+            raise ValueError(f"stored codes must hold {want} {INT_TYPES[t]}-bit codes per row "
+                             f"(head_dim {head_dim}), got shape {tuple(stored['codes'].shape)}")
     if t in FLOAT_TYPES:
         return stored["x"].float()
     if t in FP8_TYPES:
@@ -414,7 +445,9 @@ def kivi(model: LlamaModel, bits: int = 2, group: int = 32, residual: int = 128)
     """KIVI (Liu et al. 2024): keys per channel and values per token, asymmetric ``bits``-bit
     grids in groups of ``group`` (tokens for K, channels for V), the last ``residual`` tokens in
     fp16, no rotation."""
-    t = {8: "int8", 4: "int4", 2: "int2"}.get(bits)
+    validate.module(model, decoder=True)
+    validate.integer(group, "group", lo=1)
+    t = {8: "int8", 4: "int4", 2: "int2"}.get(bits) if validate.integer(bits, "bits") else None
     if t is None:
         raise ValueError(f"bits must be 2, 4 or 8, got {bits!r}")
     return with_kv_cache(model, t, t, rotate=False, k_axis="channel", v_axis="token",
@@ -426,6 +459,7 @@ def bytes_per_token(k_type: str, v_type: str, n_layers: int, n_kv_heads: int, he
                     **options) -> float:
     """Steady-state cache bytes per token of context (every token committed), all layers:
     ``n_layers * n_kv_heads * (chunk_bytes(K) / chunk(K) + chunk_bytes(V) / chunk(V))``."""
+    _check_sizes(n_layers=n_layers, n_kv_heads=n_kv_heads, head_dim=head_dim)
     k, v = _formats(k_type, v_type, head_dim, **options)
     return n_layers * n_kv_heads * sum(f.chunk_bytes(head_dim) / f.chunk() for f in (k, v))
 
@@ -435,6 +469,8 @@ def cache_bytes(k_type: str, v_type: str, n_layers: int, n_kv_heads: int, head_d
     """Exact bytes of a cache holding ``length`` tokens, whatever order they came in: per tensor,
     ``c = (length - residual) // chunk * chunk`` tokens committed (``c // chunk`` chunks of
     ``chunk_bytes``) and ``length - c`` tokens in fp16."""
+    _check_sizes(n_layers=n_layers, n_kv_heads=n_kv_heads, head_dim=head_dim, length=length,
+                 batch=batch)
     k, v = _formats(k_type, v_type, head_dim, **options)
     total = 0
     for f in (k, v):
@@ -457,6 +493,11 @@ def llama_cpp_perplexity(gguf, text: str, k_type: str = "f16", v_type: str = "f1
     """
     from .deploy import llama_perplexity
 
+    gguf = validate.gguf_file(gguf, "gguf")
+    validate.text(text)
+    validate.flag(rotate, "rotate")
+    validate.integer(n_ctx, "n_ctx", lo=4)
+    validate.integer(threads, "threads", lo=1)
     for t in (k_type, v_type):
         if t not in ("f32", "f16", "bf16", *GGML_TYPES):
             raise ValueError(f"llama.cpp has no cache type {t!r}; expected f32, f16, bf16 or one "

@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from qlearn import validate
+
 __all__ = ["LoRALinear", "lora_parameters", "freeze_all_but_lora"]
 
 
@@ -36,10 +38,13 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                  generator: torch.Generator | None = None):
         super().__init__()
-        if not (isinstance(r, int) and r >= 1):
-            raise ValueError(f"r must be a positive int, got {r!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        validate.module(base, "base")
+        if not all(isinstance(getattr(base, a, None), int) for a in ("in_features", "out_features")):
+            raise ValueError(f"base must be a linear layer with in_features and out_features "
+                             f"(nn.Linear, nf4.Linear4bit), got {type(base).__name__}")
+        r = validate.integer(r, "r", lo=1)
+        alpha = validate.number(alpha, "alpha", lo=0, lo_open=True)
+        dropout = validate.number(dropout, "dropout", 0.0, 1.0, hi_open=True)
         for p in base.parameters():
             p.requires_grad_(False)
         self.base = base
@@ -69,6 +74,10 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def freeze_all_but_lora(model: nn.Module) -> int:
     """Set requires_grad only on LoRA matrices; returns the number of trainable parameters."""
+    validate.module(model)
+    if not lora_parameters(model):
+        raise ValueError(f"model must contain LoRALinear layers (qlora.add_lora), got a "
+                         f"{type(model).__name__} with none")
     for p in model.parameters():
         p.requires_grad_(False)
     params = lora_parameters(model)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qlearn import blocktypes
+from qlearn import blocktypes, validate
 
 __all__ = ["Field", "Layout", "FORMATS", "bits_per_weight", "ModelConfig", "MODELS",
            "weight_memory_bytes", "kv_cache_bytes", "fits_on_gpu", "max_context_that_fits",
@@ -40,11 +40,13 @@ NF4_DQ_BLOCK = 256  # bitsandbytes' double-quant blocksize (absmax values per se
 
 def gb(n_bytes: float) -> float:
     """Bytes -> decimal gigabytes (1 GB = 1e9 bytes)."""
+    validate.number(n_bytes, "n_bytes", lo=0)
     return n_bytes / BYTES_PER_GB
 
 
 def gib(n_bytes: float) -> float:
     """Bytes -> binary gibibytes (1 GiB = 2**30 bytes = 1.074e9 bytes)."""
+    validate.number(n_bytes, "n_bytes", lo=0)
     return n_bytes / BYTES_PER_GIB
 
 
@@ -219,8 +221,8 @@ def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, context: int, 
     for name, v in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim),
                     ("context", context), ("batch", batch)):
         _positive_int(name, v)
-    if not bytes_per_element > 0:
-        raise ValueError(f"bytes_per_element must be positive (2 for fp16), got {bytes_per_element}")
+    validate.number(bytes_per_element, "bytes_per_element", lo=0, lo_open=True,
+                    hint="2 for fp16")
     return 2 * n_layers * n_kv_heads * head_dim * context * batch * bytes_per_element
 
 
@@ -238,6 +240,7 @@ def fits_on_gpu(model: str | ModelConfig, fmt: str | Layout, gpu_memory_gib: flo
     """Do the weights (all in ``fmt``) plus the KV cache for ``context`` x ``batch`` tokens plus
     ``reserve_gib`` (activations, CUDA context) fit in ``gpu_memory_gib``?"""
     m = _model(model)
+    validate.number(reserve_gib, "reserve_gib", lo=0, hint="GiB")
     need = weight_memory_bytes(m.n_params, fmt) + m.kv_cache_bytes(context, batch, kv_bytes_per_element)
     _check_gib(gpu_memory_gib, "gpu_memory_gib")
     return need + reserve_gib * BYTES_PER_GIB <= gpu_memory_gib * BYTES_PER_GIB
@@ -255,6 +258,8 @@ def max_context_that_fits(model: str | ModelConfig, fmt: str | Layout, gpu_memor
     """Largest number of tokens (per sequence, ``batch`` sequences) whose KV cache fits beside
     the weights; 0 when the weights alone do not fit."""
     m = _model(model)
+    _check_gib(gpu_memory_gib, "gpu_memory_gib")
+    validate.number(reserve_gib, "reserve_gib", lo=0, hint="GiB")
     free = (gpu_memory_gib - reserve_gib) * BYTES_PER_GIB - weight_memory_bytes(m.n_params, fmt)
     per_token = m.kv_cache_bytes(1, batch, kv_bytes_per_element)
     return max(0, math.floor(free / per_token))

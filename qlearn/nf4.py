@@ -37,7 +37,9 @@ import numba
 import numpy as np
 import torch
 
-from qlearn import validate
+from qlearn import _threads, validate
+
+_threads.launch()  # numba's pool now, so that its start does not reset torch's thread count
 
 __all__ = [
     "NF4_CODE", "FP4_CODE", "INT4_CODE", "BLOCKSIZES", "QUANT_TYPES", "NESTED_BLOCKSIZE",
@@ -358,10 +360,8 @@ def _as_f32(x, name: str = "x") -> tuple[np.ndarray, str, bool]:
 
 
 def _check_args(blocksize: int, quant_type: str) -> None:
-    if quant_type not in QUANT_TYPES:
-        raise ValueError(f"quant_type must be one of {QUANT_TYPES}, got {quant_type!r}")
-    if blocksize not in BLOCKSIZES:
-        raise ValueError(f"blocksize must be one of bitsandbytes' {BLOCKSIZES}, got {blocksize!r}")
+    validate.choice(quant_type, "quant_type (qtype)", QUANT_TYPES)
+    validate.choice(blocksize, "blocksize (group_size)", BLOCKSIZES)
 
 
 def _check_values(flat: np.ndarray) -> None:
@@ -377,8 +377,7 @@ def _check_values(flat: np.ndarray) -> None:
 
 
 def _check_backend(backend: str) -> None:
-    if backend not in ("numba", "numpy"):
-        raise ValueError(f"backend must be 'numba' or 'numpy', got {backend!r}")
+    validate.choice(backend, "backend", ("numba", "numpy"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,6 +556,7 @@ def _double_quantize(absmax: np.ndarray, backend: str):
     return codes, nabs, offset
 
 
+@validate.also_accepts(group_size="blocksize", qtype="quant_type")
 def quantize_4bit(x, blocksize: int = 64, quant_type: str = "nf4",
                   compress_statistics: bool = False, *, backend: str = "numba"):
     """Quantize a float tensor to bitsandbytes' 4-bit NF4/FP4 block format (CPU-exact).
@@ -656,6 +656,7 @@ def dequantize_4bit(packed, state: QuantState, *, backend: str = "numba", out=No
     return torch.from_numpy(y) if is_torch else y
 
 
+@validate.also_accepts(group_size="blocksize", qtype="quant_type")
 def fake_quantize_4bit(x, blocksize: int = 64, quant_type: str = "nf4",
                        compress_statistics: bool = False):
     """Quantize then dequantize: the 4-bit approximation of x, same kind and shape, float32.
@@ -680,6 +681,7 @@ def fake_quantize_4bit(x, blocksize: int = 64, quant_type: str = "nf4",
     return torch.from_numpy(y) if is_torch else y
 
 
+@validate.also_accepts(group_size="blocksize")
 def bits_per_weight(blocksize: int = 64, compress_statistics: bool = False,
                     nested_blocksize: int = NESTED_BLOCKSIZE) -> float:
     """Storage cost per parameter: 4 bits plus the amortized block constants.
@@ -718,6 +720,7 @@ class Linear4bit(torch.nn.Module):
                                                                  requires_grad=False)
 
     @classmethod
+    @validate.also_accepts(group_size="blocksize", qtype="quant_type")
     def from_linear(cls, linear: torch.nn.Linear, blocksize: int = 64, quant_type: str = "nf4",
                     compress_statistics: bool = False) -> "Linear4bit":
         """Quantize ``linear.weight`` (out_features, in_features) float32."""

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qlearn import adapters, uniform
+from qlearn import adapters, uniform, validate
 
 __all__ = ["MAPPINGS", "METHODS", "fake_quantize_ste", "LSQQuantizer",
            "lsq_step_gradient", "QATLinear", "QuantizedLinear", "BitLinear", "ternarize",
@@ -163,6 +163,7 @@ def fake_quantize_ste(x: torch.Tensor, bits: int, block_size=None, mapping: str 
 def fake_quantize_activations(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-token symmetric absmax fake quantization of activations ``x: (..., features)``
     (one scale per row of the last axis, chosen on the fly), with the STE backward."""
+    _check_tensor(x)
     flat = x.reshape(-1, x.shape[-1])
     return fake_quantize_ste(flat, bits, (1, flat.shape[1]), "symmetric").reshape(x.shape)
 
@@ -426,8 +427,8 @@ def _group_block(in_features: int, group_size: int | None) -> tuple[int, int]:
         raise ValueError(f"group_size must be a positive integer (or None for one scale per "
                          f"output channel), got {group_size!r}")
     if in_features % group_size:
-        raise ValueError(f"group_size {group_size} must divide every linear's in_features; "
-                         f"{in_features} is not a multiple (pick a divisor, e.g. 64)")
+        raise ValueError(f"group_size must divide every linear's in_features, got "
+                         f"{group_size} for in_features {in_features} (pick a divisor, e.g. 64)")
     return (1, int(group_size))
 
 
@@ -443,10 +444,13 @@ def prepare(model: nn.Module, bits: int, group_size: int | None = None, method: 
     ``activations_bits`` (None: full precision). ``model`` is not modified. All parameters of
     the copy are trainable.
     """
+    validate.module(model, decoder=True)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     uniform._check_bits(bits)
     _check_mapping(mapping)
+    for linear in adapters.find_linears(model).values():
+        _group_block(linear.in_features, group_size)
     q = copy.deepcopy(model)
 
     def make(name, linear):
@@ -461,6 +465,7 @@ def prepare(model: nn.Module, bits: int, group_size: int | None = None, method: 
 
 def prepare_bitnet(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` whose linears (from :mod:`qlearn.adapters`) are :class:`BitLinear`."""
+    validate.module(model, decoder=True)
     q = copy.deepcopy(model)
     adapters.replace_linears(q, lambda name, linear: BitLinear(linear))
     for p in q.parameters():
@@ -469,11 +474,13 @@ def prepare_bitnet(model: nn.Module) -> nn.Module:
 
 
 def _qat_modules(model: nn.Module) -> dict[str, nn.Module]:
+    validate.module(model, decoder=True)
     linears = adapters.find_linears(model)
     found = {n: m for n, m in linears.items() if isinstance(m, (QATLinear, BitLinear))}
     if not found:
-        raise ValueError("convert expects a model from qat.prepare or qat.prepare_bitnet; none of "
-                         "its linears is a QATLinear or BitLinear")
+        raise ValueError(f"expected a model from qat.prepare or qat.prepare_bitnet, got a "
+                         f"{type(model).__name__} none of whose linears is a QATLinear or "
+                         f"BitLinear")
     return found
 
 
@@ -532,18 +539,13 @@ def train(model: nn.Module, tokens: torch.Tensor, steps: int, lr: float = 1e-4, 
     intra-op threads during the run (restored after; None leaves the setting alone).
     Returns a :class:`TrainLog`. The model is left in eval mode.
     """
-    tokens = torch.as_tensor(tokens)
-    if tokens.ndim != 1 or tokens.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"tokens must be a 1-D integer tensor, got shape {tuple(tokens.shape)} "
-                         f"dtype {tokens.dtype}")
-    if tokens.numel() < seq + 2:
-        raise ValueError(f"need more than seq + 1 = {seq + 1} tokens to draw a window, got "
-                         f"{tokens.numel()}")
     for name, v in (("steps", steps), ("batch", batch), ("seq", seq)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+        validate.integer(v, name, lo=1)
+    validate.number(lr, "lr", lo=0, lo_open=True)
+    validate.number(weight_decay, "weight_decay", lo=0)
+    validate.seed(seed)
+    validate.threads(threads)
+    tokens = validate.model_tokens(model, tokens, ndim=1, min_tokens=seq + 2)
     params = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
@@ -623,15 +625,20 @@ def blockwise_qat(model: nn.Module, tokens: torch.Tensor, bits: int = 3, group_s
         ``mse_rtn`` is the block's output error at the start (round-to-nearest weights),
         ``mse_qat`` after training, both on the cached inputs.
     """
-    tokens = torch.as_tensor(tokens)
-    if tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32) or tokens.numel() == 0:
-        raise ValueError(f"tokens must be a non-empty (n_samples, seq) integer tensor, got shape "
-                         f"{tuple(tokens.shape)} dtype {tokens.dtype}")
+    tokens = validate.model_tokens(model, tokens, ndim=2)
     for name, v in (("epochs", epochs), ("batch", batch)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        validate.integer(v, name, lo=1)
+    for name, v in (("lr_weight", lr_weight), ("lr_step", lr_step)):
+        validate.number(v, name, lo=0, lo_open=True)
+    validate.optional_integer(max_layers, "max_layers", lo=1)
+    validate.seed(seed)
+    validate.flag(progress, "progress")
+    uniform._check_bits(bits)
+    _check_mapping(mapping)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    for linear in adapters.find_linears(model).values():
+        _group_block(linear.in_features, group_size)
     q = copy.deepcopy(model).eval()
     for p in q.parameters():
         p.requires_grad_(False)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from qlearn import nf4
+from qlearn import nf4, validate
 from qlearn.adapters import replace_linears
 from qlearn.lora import LoRALinear, freeze_all_but_lora, lora_parameters
 
@@ -53,6 +53,8 @@ def corpus() -> tuple[str, str]:
 
 def encode(tokenizer, text: str) -> torch.Tensor:
     """Token ids (n,) int64 of ``text``."""
+    validate.tokenizer(tokenizer)
+    validate.text(text)
     return torch.tensor(tokenizer.encode(text), dtype=torch.int64)
 
 
@@ -60,31 +62,40 @@ def encode(tokenizer, text: str) -> torch.Tensor:
 # QLoRA
 # ---------------------------------------------------------------------------------------------
 
+QTYPES = nf4.QUANT_TYPES + ("int4",)
+
+
 def _is_body_linear(name: str) -> bool:
     return name.startswith("layers.")   # quantize the decoder blocks; keep lm_head in float32
 
 
-def quantize_base(model: nn.Module, quant_type: str = "nf4", blocksize: int = 64,
+@validate.renamed(quant_type="qtype", blocksize="group_size")
+def quantize_base(model: nn.Module, qtype: str = "nf4", group_size: int = 64,
                   compress_statistics: bool = True) -> nn.Module:
     """Replace the decoder-block linears by frozen 4-bit layers, in place.
 
-    ``quant_type`` "nf4"/"fp4" gives ``nf4.Linear4bit``; "int4" gives a frozen ``nn.Linear``
+    ``qtype`` "nf4"/"fp4" gives ``nf4.Linear4bit``; "int4" gives a frozen ``nn.Linear``
     holding the INT4-rounded weight (same blocks, absmax scaling and double quantization,
-    integer code book), for comparison.
+    integer code book), for comparison. ``group_size``: weights per absmax block (bitsandbytes'
+    ``blocksize``). The old names ``quant_type=`` and ``blocksize=`` still work (deprecated).
     """
+    validate.module(model, decoder=True)
+    validate.choice(qtype, "qtype", QTYPES)
+    validate.choice(group_size, "group_size", nf4.BLOCKSIZES)
+    validate.flag(compress_statistics, "compress_statistics")
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
              and _is_body_linear(n)]
 
     def make(name, lin):
-        if quant_type == "int4":
+        if qtype == "int4":
             q = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
             with torch.no_grad():
-                q.weight.copy_(nf4.fake_quantize_4bit(lin.weight.detach(), blocksize, "int4",
+                q.weight.copy_(nf4.fake_quantize_4bit(lin.weight.detach(), group_size, "int4",
                                                         compress_statistics))
                 if lin.bias is not None:
                     q.bias.copy_(lin.bias)
             return q.requires_grad_(False)
-        return nf4.Linear4bit.from_linear(lin, blocksize, quant_type, compress_statistics)
+        return nf4.Linear4bit.from_linear(lin, group_size, qtype, compress_statistics)
 
     return replace_linears(model, make, names)
 
@@ -95,6 +106,11 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float =
 
     Returns the number of trainable parameters.
     """
+    validate.module(model, decoder=True)
+    r = validate.integer(r, "r", lo=1)
+    validate.number(alpha, "alpha", lo=0, lo_open=True)
+    validate.number(dropout, "dropout", 0.0, 1.0, hi_open=True)
+    validate.seed(seed)
     names = [n for n, m in model.named_modules()
              if isinstance(m, (nn.Linear, nf4.Linear4bit)) and _is_body_linear(n)
              and "lora" not in n]
@@ -144,8 +160,21 @@ def train(model: nn.Module, tokens: torch.Tensor, params, steps: int, lr: float 
     can be many times slower. None leaves torch's setting alone.
     Returns (loss per step, the optimizer, for memory accounting).
     """
+    tokens = _check_run(model, tokens, batch, seq, seed, threads)
+    validate.integer(steps, "steps", lo=1)
+    validate.number(lr, "lr", lo=0, lo_open=True)
+    validate.flag(progress, "progress")
     with _threads(threads):
         return _train(model, tokens, params, steps, lr, batch, seq, seed, progress, desc)
+
+
+def _check_run(model, tokens, batch, seq, seed, threads) -> torch.Tensor:
+    """Checked (n,) int64 token stream for :func:`train` / :func:`evaluate`."""
+    validate.integer(batch, "batch", lo=1)
+    validate.integer(seq, "seq", lo=1)
+    validate.seed(seed)
+    validate.threads(threads)
+    return validate.model_tokens(model, tokens, ndim=1, min_tokens=seq + 2)
 
 
 def _train(model, tokens, params, steps, lr, batch, seq, seed, progress, desc):
@@ -169,6 +198,8 @@ def _train(model, tokens, params, steps, lr, batch, seq, seed, progress, desc):
 def evaluate(model: nn.Module, tokens: torch.Tensor, batches: int = 4, batch: int = 8,
              seq: int = 64, seed: int = 1234, threads: int | None = 1) -> float:
     """Mean next-token cross-entropy (nats) on fixed random windows of ``tokens``."""
+    tokens = _check_run(model, tokens, batch, seq, seed, threads)
+    validate.integer(batches, "batches", lo=1)
     rng = np.random.default_rng(seed)
     total = 0.0
     with _threads(threads):
@@ -202,7 +233,14 @@ class MemoryReport:
 
 def memory_report(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> MemoryReport:
     """Account for every byte of weights, adapters and optimizer state in a QLoRA model."""
+    validate.module(model)
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got "
+                        f"{type(optimizer).__name__}")
     q = [m for m in model.modules() if isinstance(m, nf4.Linear4bit)]
+    if not q and not lora_parameters(model):
+        raise ValueError(f"model must hold nf4.Linear4bit or LoRALinear layers (quantize_base, "
+                         f"add_lora), got a {type(model).__name__} with neither")
     base_4bit = sum(m.storage_bytes() for m in q)
     fp32_equiv = sum(4 * m.in_features * m.out_features for m in q)
     lora = {id(p) for p in lora_parameters(model)}

@@ -128,21 +128,22 @@ def smooth(norm: torch.nn.Module, linears, scales) -> None:
             fc.weight.mul_(s.view(1, -1))
 
 
-@validate.renamed(n_bits="bits")
-def absmax_fake_quant(t: torch.Tensor, mode: str, bits: int = 8) -> torch.Tensor:
+@validate.renamed(n_bits="bits", mode="granularity")
+def absmax_fake_quant(t: torch.Tensor, granularity: str, bits: int = 8) -> torch.Tensor:
     """Dynamic symmetric absmax fake quantization (upstream ``quantize_*_absmax``).
 
     ``scale = clamp(absmax, 1e-5) / 127``, ``t -> round(t / scale) * scale``, with absmax per row
     (``"per_channel"`` of a weight, ``"per_token"`` of activations) or over the tensor
     (``"per_tensor"``): :mod:`qlearn.uniform`'s ``"symmetric"`` grid with a range floor of
-    1e-5. ``t: (rows, cols) float32``; returns a new tensor. ``n_bits=`` is a deprecated alias
-    of ``bits=``.
+    1e-5. ``t: (rows, cols) float32``; returns a new tensor. ``n_bits=`` and ``mode=`` are
+    deprecated aliases of ``bits=`` and ``granularity=`` (as in :func:`qlearn.uniform.block_size_for`).
     """
     t = check_matrix(t, "t", "(rows, cols)")
     bits = validate.bits(bits, lo=2, hi=8)
-    mode = validate.choice(mode, "mode", ("per_tensor", "per_channel", "per_token"))
+    granularity = validate.choice(granularity, "granularity",
+                                  ("per_tensor", "per_channel", "per_token"))
     x = t.detach().numpy()
-    bs = x.shape if mode == "per_tensor" else (1, x.shape[1])
+    bs = x.shape if granularity == "per_tensor" else (1, x.shape[1])
     scale, zero = uniform.choose_qparams(x, bits, bs, "symmetric", range_floor=STAT_FLOOR)
     q = uniform.quantize_affine(x, scale, zero, bits, block_size=bs, mapping="symmetric")
     return torch.from_numpy(q.dequantize())

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from qlearn import _threads
+from qlearn import _threads, validate
 
 _threads.launch()  # numba's pool now, so that its start does not reset torch's thread count
 
@@ -43,6 +43,8 @@ def _clock(cpu_time: bool):
 
 def _median_time(fn, repeats: int, cpu_time: bool = True) -> float:
     """Median seconds of fn() over `repeats` calls after one warm-up call."""
+    validate.integer(repeats, "repeats", lo=1)
+    validate.flag(cpu_time, "cpu_time")
     clock = _clock(cpu_time)
     fn()
     ts = []
@@ -70,6 +72,7 @@ def triad_bandwidth(n: int = TRIAD_ELEMENTS, repeats: int = 5, parallel: bool = 
 
     parallel: False is one thread (CPU time); True uses numba's threads (wall time).
     """
+    validate.flag(parallel, "parallel")
     if not isinstance(n, (int, np.integer)) or n < 1024:
         raise ValueError(f"n must be an integer >= 1024 (arrays far larger than the caches), got {n!r}")
     a = np.zeros(n)
@@ -107,9 +110,10 @@ class _threads:
 
 
 def _check_prompt(model, prompt) -> torch.Tensor:
+    validate.module(model)
     if not hasattr(model, "new_cache"):
         raise ValueError(f"expected a model with a KV cache (model.new_cache()), got {type(model).__name__}")
-    prompt = torch.as_tensor(prompt)
+    prompt = validate.tokens(prompt, "prompt", vocab_size=validate.vocab_size(model))
     if prompt.ndim == 1:
         prompt = prompt[None]
     if prompt.ndim != 2 or prompt.shape[0] != 1 or prompt.shape[1] < 1 or prompt.dtype != torch.int64:
@@ -128,8 +132,9 @@ def tokens_per_second(model, prompt, new_tokens: int = 16, repeats: int = 3,
     Returns {"prefill": tokens/s (median over repeats), "decode": tokens/s (median step)}.
     """
     prompt = _check_prompt(model, prompt)
-    if new_tokens < 1 or repeats < 1:
-        raise ValueError(f"new_tokens and repeats must be >= 1, got {new_tokens}, {repeats}")
+    validate.integer(new_tokens, "new_tokens", lo=1)
+    validate.integer(repeats, "repeats", lo=1)
+    validate.flag(cpu_time, "cpu_time")
     clock = _clock(cpu_time)
     model.eval()
     model(prompt[:, :2], cache=model.new_cache())  # warm-up (kernel compilation, allocations)
@@ -165,6 +170,7 @@ def decode_time_split(model, prompt, steps: int = 8) -> dict[str, float]:
     from qlearn.models.quantized import QuantizedLinear
 
     prompt = _check_prompt(model, prompt)
+    validate.integer(steps, "steps", lo=1)
     clock = time.process_time
     acc = defaultdict(float)
     starts = {}
@@ -249,9 +255,10 @@ def llama_bench(gguf_file, n_gen: int = 32, n_prompt: int = 64, threads: int = 1
 
     from qlearn import llama_cpp
 
-    if n_gen < 2 or n_prompt < 1 or threads < 1 or repetitions < 1:
-        raise ValueError(f"need n_gen >= 2, n_prompt, threads, repetitions >= 1; got {n_gen}, "
-                         f"{n_prompt}, {threads}, {repetitions}")
+    gguf_file = validate.gguf_file(gguf_file, "gguf_file")
+    validate.integer(n_gen, "n_gen", lo=2)
+    for name, v in (("n_prompt", n_prompt), ("threads", threads), ("repetitions", repetitions)):
+        validate.integer(v, name, lo=1)
     common = ("-m", str(gguf_file), "-t", str(threads), "-r", str(repetitions), "-o", "json")
     out = llama_cpp.run("llama-bench", "-n", str(n_gen), "-p", str(n_prompt), *common)
     text = out.stdout

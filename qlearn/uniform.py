@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from qlearn import validate
 from qlearn.validate import ArgumentTypeError
 
 __all__ = ["QTensor", "Mapping", "MAPPINGS", "choose_qparams", "qparams_from_range",
@@ -93,10 +94,7 @@ def _to_numpy_float32(x: Any, name: str = "x", keep_float64: bool = False) -> np
 
 
 def _check_bits(bits: Any) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) \
-            or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
-    return int(bits)
+    return validate.bits(bits, "bits", *validate.BITS_RANGE["uniform"])
 
 
 def _check_clip(clip: Any) -> float:

@@ -18,10 +18,13 @@ quantization states are checked the same way at the end.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import linecache
 import math
 import os
 import sys
+import tempfile
 import traceback
 import warnings
 from collections import Counter
@@ -33,9 +36,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qlearn import (awq, calibration, formats, gguf_io, gguf_mixes, gptq, kernels, kquants,
-                    llm_int8, memory, nf4, smoothquant, uniform)
-from qlearn.models import llama
+from qlearn import (adapters, awq, calibration, deploy, export, formats, gguf_io, gguf_mixes, gptq,
+                    imatrix, kernels, kquants, kvcache, llama_cpp, llm_int8, lora, memory, models,
+                    nf4, qat, qlora, smoothquant, speed, uniform)
+from qlearn.models import (TINY_TOKENIZER, LlamaConfig, LlamaModel, Tokenizer, evaluate, llama,
+                           quantized)
 
 QLEARN_DIR = str(Path(uniform.__file__).parent)
 
@@ -137,8 +142,8 @@ SPECS = [
          dict(X="farr2", W="farr2", W_hat="farr2")),
     # SmoothQuant
     Spec("smoothquant.absmax_fake_quant", smoothquant.absmax_fake_quant,
-         lambda r: dict(t=_t(_W(r)), mode="per_token", bits=8),
-         dict(t="farr2", mode="choice", bits="bits")),
+         lambda r: dict(t=_t(_W(r)), granularity="per_token", bits=8),
+         dict(t="farr2", granularity="choice", bits="bits")),
     Spec("smoothquant.act_scales", smoothquant.act_scales, lambda r: dict(X=_t(_W(r))),
          dict(X="farr2")),
     Spec("smoothquant.smooth_scales", smoothquant.smooth_scales,
@@ -381,6 +386,358 @@ MUTATIONS["farr_nf"] = {k: f for k, f in MUTATIONS["farr"].items()
 del MUTATIONS["pos_placeholder"]
 
 
+# --- model-level functions: a one-layer Llama with qlearn-tiny's tokenizer -----------------------
+
+_CFG = LlamaConfig(vocab_size=4096, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64,
+                   max_seq_len=64)
+_TOKENIZER = Tokenizer.load(TINY_TOKENIZER)
+_TMP = Path(tempfile.mkdtemp(prefix="qlearn-bad-inputs-"))
+_TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind. " * 4
+
+
+def _model(rng=None):
+    torch.manual_seed(0)
+    return LlamaModel(_CFG).eval()
+
+
+def _tokens(rng, batch=2, seq=16):
+    return torch.as_tensor(rng.integers(0, _CFG.vocab_size, (batch, seq)), dtype=torch.int64)
+
+
+def _qlora_model(rng):
+    m = _model()
+    qlora.quantize_base(m, "nf4", 32)
+    return m
+
+
+def _gptq_file(rng):
+    p = _TMP / "gptq.safetensors"
+    gptq.save_autogptq(p, {"l": _packed(rng)}, 4, 32, True, False)
+    return p
+
+
+def _imatrix_file(rng):
+    p = _TMP / "imatrix.gguf"
+    imatrix.write_imatrix(p, {"blk.0.ffn_up.weight": np.ones(32, np.float32)}, 64)
+    return p
+
+
+def _forward(model, tokens, cache=None):
+    return model(tokens, cache=cache)
+
+
+def _cache_fmt(rng):
+    return kvcache.cache_format("int4", 16, group=16)
+
+
+SPECS += [
+    Spec("gptq.gptq_model", gptq.gptq_model,
+         lambda r: dict(model=_model(), calib_tokens=_tokens(r), bits=4, group_size=32,
+                        blocksize=16, percdamp=0.01, progress=False),
+         dict(model="model", calib_tokens="tokens", bits="bits", group_size="size",
+              blocksize="count", percdamp="nonneg", progress="flag")),
+    Spec("gptq.save_autogptq", gptq.save_autogptq,
+         lambda r: dict(path=_TMP / "save.safetensors", tensors={"l": _packed(r)}, bits=4,
+                        group_size=32, sym=True, desc_act=False),
+         dict(path="path", tensors="layers", bits="bits", group_size="size", sym="flag",
+              desc_act="flag")),
+    Spec("gptq.load_autogptq", gptq.load_autogptq, lambda r: dict(path=_gptq_file(r)),
+         dict(path="path_in")),
+    Spec("awq.awq_model", awq.awq_model,
+         lambda r: dict(model=_model(), tokens=_tokens(r), bits=4, group_size=32, clip=False,
+                        progress=False),
+         dict(model="model", tokens="tokens2", bits="bits", group_size="size",
+              duo_scaling="flag", clip="flag", progress="flag")),
+    Spec("awq.rtn_model", awq.rtn_model, lambda r: dict(model=_model(), bits=4, group_size=32),
+         dict(model="model", bits="bits", group_size="size")),
+    Spec("awq.awq_quantize", awq.awq_quantize,
+         lambda r: dict(W=_t(_W(r, 8, 32)), X=_t(_W(r, 512, 32)), bits=4, group_size=16),
+         dict(W="farr2", X="farr2", bits="bits", group_size="size", duo_scaling="flag")),
+    Spec("adapters.find_linears", adapters.find_linears,
+         lambda r: dict(model=_model(), include_lm_head=True),
+         dict(model="model", include_lm_head="flag")),
+    Spec("adapters.decoder_layers", adapters.decoder_layers, lambda r: dict(model=_model()),
+         dict(model="model")),
+    Spec("adapters.scale_groups", adapters.scale_groups,
+         lambda r: dict(layer=_model().layers[0]), dict(layer="model")),
+    Spec("adapters.capture_inputs", adapters.capture_inputs,
+         lambda r: dict(model=_model(), tokens=_tokens(r), names=["layers.0.mlp.up_proj"]),
+         dict(model="model", tokens="tokens", names="names")),
+    Spec("adapters.replace_linears", adapters.replace_linears,
+         lambda r: dict(model=_model(), make=lambda name, lin: lin,
+                        names=["layers.0.mlp.up_proj"]),
+         dict(model="model", make="fn", names="names")),
+    Spec("adapters.fake_quantize_linears", adapters.fake_quantize_linears,
+         lambda r: dict(model=_model(), quant_dequant=lambda w: w.round(),
+                        names=["layers.0.mlp.up_proj"]),
+         dict(model="model", quant_dequant="fn_out", names="names")),
+    Spec("qlora.quantize_base", qlora.quantize_base,
+         lambda r: dict(model=_model(), qtype="nf4", group_size=32, compress_statistics=True),
+         dict(model="model", qtype="choice", group_size="choice", compress_statistics="flag")),
+    Spec("qlora.add_lora", qlora.add_lora,
+         lambda r: dict(model=_qlora_model(r), r=4, alpha=8.0, dropout=0.1, seed=0),
+         dict(model="model", r="count", alpha="posf", dropout="unit_drop", seed="seed")),
+    Spec("qlora.encode", qlora.encode, lambda r: dict(tokenizer=_TOKENIZER, text=_TEXT),
+         dict(tokenizer="tok", text="text")),
+    Spec("qlora.train", qlora.train,
+         lambda r: (lambda m: dict(model=m, tokens=_tokens(r, 1, 80)[0],
+                                   params=[p for p in m.parameters()][:2], steps=1, lr=1e-3,
+                                   batch=2, seq=8, progress=False))(_model()),
+         dict(model="model", tokens="tokens1", steps="count", lr="posf", batch="count",
+              seq="count", progress="flag", threads="threads")),
+    Spec("qlora.evaluate", qlora.evaluate,
+         lambda r: dict(model=_model(), tokens=_tokens(r, 1, 80)[0], batches=1, batch=2, seq=8),
+         dict(model="model", tokens="tokens1", batches="count", batch="count", seq="count",
+              threads="threads")),
+    Spec("qlora.memory_report", qlora.memory_report, lambda r: dict(model=_qlora_model(r)),
+         dict(model="model", optimizer="optimizer")),
+    Spec("lora.LoRALinear", lora.LoRALinear,
+         lambda r: dict(base=torch.nn.Linear(8, 4), r=2, alpha=4.0, dropout=0.0),
+         dict(base="linear", r="count", alpha="posf", dropout="unit_drop")),
+    Spec("lora.freeze_all_but_lora", lora.freeze_all_but_lora,
+         lambda r: (lambda m: qlora.add_lora(m, 2) and dict(model=m))(_model()),
+         dict(model="model")),
+    Spec("models.load", models.load, lambda r: dict(name="tiny"), dict(name="model_name")),
+    Spec("models.perplexity", models.perplexity,
+         lambda r: dict(model=_model(), tokenizer=_TOKENIZER, text=_TEXT, ctx=16, stride=8,
+                        max_tokens=40),
+         dict(model="model", tokenizer="tok", text="text_or_ids", ctx="opt_count",
+              stride="opt_count", max_tokens="opt_count", progress="flag")),
+    Spec("models.score", models.score,
+         lambda r: dict(model=_model(), tokenizer=_TOKENIZER, text=_TEXT, ctx=16),
+         dict(model="model", tokenizer="tok", text="text_or_ids", ctx="opt_count")),
+    Spec("models.generate", models.generate,
+         lambda r: dict(model=_model(), tokenizer=_TOKENIZER, prompt="To be", max_new_tokens=3,
+                        temperature=0.8, top_k=5, ctx=16),
+         dict(model="model", tokenizer="tok", prompt="text", max_new_tokens="count0",
+              temperature="nonneg", top_k="opt_count0", seed="seed", ctx="opt_count",
+              stop_at_eos="flag", cache="flag")),
+    Spec("models.evaluate.llama_cpp_perplexity", evaluate.llama_cpp_perplexity,
+         lambda r: dict(model=_model(), tokenizer=_TOKENIZER, text=_TEXT, n_ctx=8),
+         dict(model="model", tokenizer="tok", text="text_or_ids", n_ctx="count")),
+    Spec("models.quantized.quantize_for_inference", quantized.quantize_for_inference,
+         lambda r: dict(model=_model(), qtype_or_mix="Q8_0", include_lm_head=False),
+         dict(model="model", qtype_or_mix="choice", include_lm_head="flag", parallel="flag")),
+    Spec("models.quantized.dequantized_model", quantized.dequantized_model,
+         lambda r: dict(qmodel=quantized.quantize_for_inference(_model(), "Q8_0",
+                                                                include_lm_head=False),
+                        activations="q8"),
+         dict(qmodel="model", activations="choice")),
+    Spec("models.quantized.weight_bytes", quantized.weight_bytes,
+         lambda r: dict(model=_model()), dict(model="model")),
+    Spec("models.llama.KVCache", llama.KVCache, lambda r: dict(model=_model()),
+         dict(model="model")),
+    Spec("models.llama.LlamaModel.forward", _forward,
+         lambda r: (lambda m: dict(model=m, tokens=_tokens(r), cache=m.new_cache()))(_model()),
+         dict(tokens="tokens2", cache="kv_cache")),
+    Spec("qat.fake_quantize_ste", qat.fake_quantize_ste,
+         lambda r: dict(x=_t(_W(r)), bits=4, block_size=(1, 16), mapping="asymmetric"),
+         dict(x="farr2", bits="bits", block_size="block", mapping="choice", clip="unit")),
+    Spec("qat.fake_quantize_activations", qat.fake_quantize_activations,
+         lambda r: dict(x=_t(_W(r)), bits=8), dict(x="farr", bits="bits")),
+    Spec("qat.ternarize", qat.ternarize, lambda r: dict(w=_t(_W(r))), dict(w="farr")),
+    Spec("qat.prepare", qat.prepare,
+         lambda r: dict(model=_model(), bits=4, group_size=16, method="lsq",
+                        activations_bits=8),
+         dict(model="model", bits="bits", group_size="opt_size", method="choice",
+              activations_bits="bits_opt", mapping="choice", lsq_init="choice")),
+    Spec("qat.prepare_bitnet", qat.prepare_bitnet, lambda r: dict(model=_model()),
+         dict(model="model")),
+    Spec("qat.convert", qat.convert,
+         lambda r: dict(model=qat.prepare(_model(), 4, 16)), dict(model="model")),
+    Spec("qat.quantized_weights", qat.quantized_weights,
+         lambda r: dict(model=qat.prepare(_model(), 4, 16)), dict(model="model")),
+    Spec("qat.train", qat.train,
+         lambda r: dict(model=qat.prepare(_model(), 4, 16), tokens=_tokens(r, 1, 40)[0],
+                        steps=1, lr=1e-3, batch=2, seq=8),
+         dict(model="model", tokens="tokens1", steps="count", lr="posf", batch="count",
+              seq="count", threads="threads", weight_decay="nonneg")),
+    Spec("qat.blockwise_qat", qat.blockwise_qat,
+         lambda r: dict(model=_model(), tokens=_tokens(r, 2, 8), bits=4, group_size=16,
+                        epochs=1, batch=2, max_layers=1),
+         dict(model="model", tokens="tokens2", bits="bits", group_size="opt_size",
+              method="choice", mapping="choice", epochs="count", batch="count",
+              lr_weight="posf", lr_step="posf", max_layers="opt_count", progress="flag")),
+    Spec("kvcache.with_kv_cache", kvcache.with_kv_cache,
+         lambda r: dict(model=_model(), k_type="int4", v_type="int8", group=16, residual=2),
+         dict(model="model", k_type="choice", v_type="choice", rotate="flag", k_order="choice",
+              axis="choice_opt", group="opt_count", symmetric="flag", residual="count0")),
+    Spec("kvcache.kivi", kvcache.kivi,
+         lambda r: dict(model=_model(), bits=2, group=16, residual=4),
+         dict(model="model", bits="bits", group="count", residual="count0")),
+    Spec("kvcache.cache_format", kvcache.cache_format,
+         lambda r: dict(type="int4", head_dim=16, axis="channel", group=8, residual=2),
+         dict(type="choice", head_dim="count", axis="choice", group="opt_count",
+              symmetric="flag", residual="count0", rotate="flag")),
+    Spec("kvcache.encode", kvcache.encode,
+         lambda r: dict(x=_t(_W(r, 8, 16).reshape(1, 2, 4, 16)), fmt=_cache_fmt(r)),
+         dict(x="farr", fmt="cache_fmt")),
+    Spec("kvcache.decode", kvcache.decode,
+         lambda r: dict(stored=kvcache.encode(_t(_W(r, 8, 16).reshape(1, 2, 4, 16)),
+                                              _cache_fmt(r)), fmt=_cache_fmt(r), head_dim=16),
+         dict(stored="stored", fmt="cache_fmt", head_dim="count")),
+    Spec("kvcache.hadamard", kvcache.hadamard, lambda r: dict(n=16), dict(n="count")),
+    Spec("kvcache.bytes_per_token", kvcache.bytes_per_token,
+         lambda r: dict(k_type="q8_0", v_type="int4", n_layers=2, n_kv_heads=2, head_dim=64,
+                        group=32),
+         dict(k_type="choice", v_type="choice", n_layers="count", n_kv_heads="count",
+              head_dim="count", group="opt_count")),
+    Spec("kvcache.cache_bytes", kvcache.cache_bytes,
+         lambda r: dict(k_type="f16", v_type="int8", n_layers=2, n_kv_heads=2, head_dim=64,
+                        length=100, batch=2, group=64),
+         dict(k_type="choice", v_type="choice", n_layers="count", n_kv_heads="count",
+              head_dim="count", length="count0", batch="count")),
+    Spec("export.to_gguf", export.to_gguf,
+         lambda r: dict(model=_model(), path=_TMP / "m.gguf", mix="Q8_0", tokenizer=_TOKENIZER),
+         dict(model="model", path="path", mix="choice", imatrix="imatrix_opt",
+              tokenizer="tok", pure="flag", name="text")),
+    Spec("export.model_config", export.model_config, lambda r: dict(model=_model()),
+         dict(model="model")),
+    Spec("export.gguf_tensors", export.gguf_tensors, lambda r: dict(model=_model()),
+         dict(model="model")),
+    Spec("export.tokenizer_metadata", export.tokenizer_metadata,
+         lambda r: dict(tokenizer=_TOKENIZER), dict(tokenizer="tok")),
+    Spec("export.model_metadata", export.model_metadata,
+         lambda r: dict(model=_model(), mix="Q8_0", name="m"),
+         dict(model="model", mix="choice", name="text")),
+    Spec("imatrix.compute_imatrix", imatrix.compute_imatrix,
+         lambda r: dict(activations={"blk.0.ffn_up.weight": _W(r, 8, 32)}),
+         dict(activations="imatrix_acts")),
+    Spec("imatrix.write_imatrix", imatrix.write_imatrix,
+         lambda r: dict(path=_TMP / "w.imatrix.gguf",
+                        imatrix={"blk.0.ffn_up.weight": np.ones(32, np.float32)}, n_tokens=64,
+                        chunk_size=32),
+         dict(path="path", imatrix="imatrix", n_tokens="count", chunk_size="count")),
+    Spec("imatrix.read_imatrix", imatrix.read_imatrix, lambda r: dict(path=_imatrix_file(r)),
+         dict(path="path_in")),
+    Spec("imatrix.compute_model_imatrix", imatrix.compute_model_imatrix,
+         lambda r: dict(model=_model(), tokenizer=_TOKENIZER, text=_TEXT, n_ctx=16, n_chunks=2),
+         dict(model="model", tokenizer="tok", text="text", n_ctx="count", n_chunks="opt_count")),
+    Spec("deploy.recommend", deploy.recommend,
+         lambda r: dict(model="Llama-2-7B", memory_gib=8.0, context=2048, batch=1,
+                        reserve_gib=0.5, include_unfit=True),
+         dict(model="model_size", memory_gib="posf", context="count", batch="count",
+              reserve_gib="nonneg", include_unfit="flag")),
+    Spec("memory.max_context_that_fits", memory.max_context_that_fits,
+         lambda r: dict(model="Llama-2-7B", fmt="Q4_K", gpu_memory_gib=24.0, batch=1),
+         dict(model="choice", fmt="choice", gpu_memory_gib="posf", batch="count",
+              kv_bytes_per_element="posf", reserve_gib="nonneg")),
+    Spec("memory.gib", memory.gib, lambda r: dict(n_bytes=2.0 ** 30), dict(n_bytes="nonneg")),
+    Spec("speed.tokens_per_second", speed.tokens_per_second,
+         lambda r: dict(model=_model(), prompt=_tokens(r, 1, 4)[0], new_tokens=2, repeats=1),
+         dict(model="model", prompt="tokens", new_tokens="count", repeats="count",
+              cpu_time="flag")),
+    Spec("speed.decode_time_split", speed.decode_time_split,
+         lambda r: dict(model=_model(), prompt=_tokens(r, 1, 4)[0], steps=2),
+         dict(model="model", prompt="tokens", steps="count")),
+    Spec("speed.triad_bandwidth", speed.triad_bandwidth,
+         lambda r: dict(n=1024, repeats=1), dict(n="count", repeats="count", parallel="flag")),
+    Spec("speed.matmul_flops", speed.matmul_flops, lambda r: dict(n=16, repeats=1),
+         dict(n="count", repeats="count")),
+]
+
+# llama.cpp clients: every malformed argument is refused before a tool runs (the valid call
+# needs the tools of scripts/llama_cpp.sh and is skipped without them)
+@functools.lru_cache(maxsize=1)
+def _gguf_model() -> Path:
+    return export.to_gguf(_model(), _TMP / "client.gguf", "Q8_0", tokenizer=_TOKENIZER)
+
+
+TOOL_SPECS = [
+    Spec("deploy.llama_perplexity", deploy.llama_perplexity,
+         lambda r: dict(gguf_path=_gguf_model(), text=_TEXT, n_ctx=8, threads=1),
+         dict(gguf_path="path_in", text="text", n_ctx="count", threads="count")),
+    Spec("deploy.llama_generate", deploy.llama_generate,
+         lambda r: dict(gguf_path=_gguf_model(), prompt="To be", n_predict=2),
+         dict(gguf_path="path_in", prompt="text", n_predict="count")),
+    Spec("kvcache.llama_cpp_perplexity", kvcache.llama_cpp_perplexity,
+         lambda r: dict(gguf=_gguf_model(), text=_TEXT, k_type="bf16", v_type="f16", n_ctx=8,
+                        threads=1),
+         dict(gguf="path_in", text="text", k_type="choice", v_type="choice", rotate="flag",
+              n_ctx="count", threads="count")),
+    Spec("speed.llama_bench", speed.llama_bench,
+         lambda r: dict(gguf_file=_gguf_model(), n_gen=2, n_prompt=1, threads=1, repetitions=1),
+         dict(gguf_file="path_in", n_gen="count", n_prompt="count", threads="count",
+              repetitions="count")),
+]
+SPECS += TOOL_SPECS
+
+_BAD_TOKENS = {
+    "float": lambda v, r: v.float(), "bool": lambda v, r: v > 0,
+    "empty": lambda v, r: v[..., :0], "out_of_vocab": lambda v, r: v + 10 ** 6,
+    "negative": lambda v, r: v - 10 ** 6, "string": lambda v, r: "to be or not",
+    "none": lambda v, r: None, "extra_dim": lambda v, r: v[None, None],
+}
+MUTATIONS.update({
+    "model": {"not_a_module": lambda v, r: "tiny", "none": lambda v, r: None,
+              "no_layers": lambda v, r: torch.nn.Sequential(torch.nn.Linear(4, 4))},
+    "linear": {"not_a_module": lambda v, r: "linear", "none": lambda v, r: None,
+               "no_weight": lambda v, r: torch.nn.ReLU()},
+    "tokens": _BAD_TOKENS,
+    "tokens2": {**_BAD_TOKENS, "one_dim": lambda v, r: v[0]},
+    "tokens1": {**_BAD_TOKENS, "two_dim": lambda v, r: v[None]},
+    "tok": {"none": lambda v, r: None, "string": lambda v, r: "gpt2"},
+    "text": {"none": lambda v, r: None, "number": lambda v, r: 3, "empty": lambda v, r: ""},
+    "text_or_ids": {"none": lambda v, r: None, "number": lambda v, r: 3,
+                    "empty": lambda v, r: "", "float_ids": lambda v, r: [0.5, 1.5, 2.5],
+                    "out_of_vocab_ids": lambda v, r: [1, 2, 10 ** 6]},
+    "fn": {"none": lambda v, r: None, "not_callable": lambda v, r: 3},
+    "fn_out": {"none": lambda v, r: None, "not_callable": lambda v, r: 3,
+               "nan_out": lambda v, r: (lambda w: w * math.nan),
+               "wrong_shape": lambda v, r: (lambda w: w[:1]),
+               "string_out": lambda v, r: (lambda w: "w")},
+    "names": {"unknown": lambda v, r: ["layers.9.mlp.up_proj"], "number": lambda v, r: 3,
+              "empty": lambda v, r: []},
+    "path": {"none": lambda v, r: None, "number": lambda v, r: 3, "empty": lambda v, r: ""},
+    "path_in": {"none": lambda v, r: None, "number": lambda v, r: 3,
+                "missing": lambda v, r: _TMP / "nothing-here.bin",
+                "directory": lambda v, r: _TMP},
+    "opt_count": {"zero": lambda v, r: 0, "negative": lambda v, r: -3,
+                  "fractional": lambda v, r: 2.5, "string": lambda v, r: "8"},
+    "opt_count0": {"negative": lambda v, r: -3, "fractional": lambda v, r: 2.5,
+                   "string": lambda v, r: "8"},
+    "count0": {"negative": lambda v, r: -3, "fractional": lambda v, r: 2.5,
+               "string": lambda v, r: "8", "none": lambda v, r: None},
+    "opt_size": {"zero": lambda v, r: 0, "negative": lambda v, r: -7,
+                 "fractional": lambda v, r: 2.5, "non_divisor": lambda v, r: 7},
+    "seed": {"fractional": lambda v, r: 0.5, "string": lambda v, r: "0",
+             "negative": lambda v, r: -1},
+    "threads": {"zero": lambda v, r: 0, "fractional": lambda v, r: 1.5,
+                "string": lambda v, r: "1"},
+    "unit_drop": {"negative": lambda v, r: -0.5, "one": lambda v, r: 1.0,
+                  "nan": lambda v, r: math.nan, "string": lambda v, r: "0.1",
+                  "none": lambda v, r: None},
+    "kv_cache": {"not_a_cache": lambda v, r: "cache",
+                 "other_model": lambda v, r: LlamaModel(dataclasses.replace(_CFG, n_layers=2))
+                 .new_cache()},
+    "layers": {"not_a_dict": lambda v, r: "layers", "empty": lambda v, r: {},
+               "missing_key": lambda v, r: {"l": {k: t for k, t in v["l"].items()
+                                                  if k != "qzeros"}}},
+    "cache_fmt": {"wrong_type": lambda v, r: {"type": "int4"}, "none": lambda v, r: None,
+                  "name_only": lambda v, r: "int4"},
+    "optimizer": {"not_an_optimizer": lambda v, r: "adam"},
+    "stored": {"missing_key": lambda v, r: {k: a for k, a in v.items() if k != "scale"},
+               "not_a_dict": lambda v, r: "codes", "none": lambda v, r: None,
+               "truncated": lambda v, r: {**v, "codes": v["codes"][..., :1]}},
+    "imatrix": {"not_a_dict": lambda v, r: np.ones(32), "empty": lambda v, r: {},
+                "negative": lambda v, r: {k: -a for k, a in v.items()},
+                "nan": lambda v, r: {k: a * math.nan for k, a in v.items()},
+                "strings": lambda v, r: {k: "a" for k in v}},
+    "imatrix_opt": {"not_a_dict": lambda v, r: np.ones(32),
+                    "wrong_length": lambda v, r: {"blk.0.ffn_up.weight": np.ones(7, np.float32)},
+                    "negative": lambda v, r: {"blk.0.ffn_up.weight": -np.ones(32, np.float32)}},
+    "imatrix_acts": {"not_a_dict": lambda v, r: np.ones(32), "empty": lambda v, r: {},
+                     "nan": lambda v, r: {k: a * math.nan for k, a in v.items()},
+                     "int": lambda v, r: {k: a.astype(np.int32) for k, a in v.items()},
+                     "one_dim": lambda v, r: {k: a[0] for k, a in v.items()}},
+    "model_size": {"unknown": lambda v, r: "Llama-99B", "none": lambda v, r: None,
+                   "negative": lambda v, r: -7e9, "nan": lambda v, r: math.nan,
+                   "bool": lambda v, r: True},
+    "model_name": {"unknown": lambda v, r: "gpt-5", "none": lambda v, r: None,
+                   "number": lambda v, r: 3, "missing_gguf": lambda v, r: "/nonexistent/m.gguf"},
+})
+
+
 def _raised_by_qlearn(e: BaseException) -> bool:
     """The innermost frame is a ``raise`` statement in qlearn's own code."""
     last = traceback.extract_tb(e.__traceback__)[-1]
@@ -443,6 +800,8 @@ def outcome(spec: Spec, arg: str, kind: str, bad: str, seed: int) -> tuple[str, 
 def test_the_valid_call_runs(name):
     """The base call is valid, so every error below comes from the one malformed argument."""
     spec = SPEC_BY_NAME[name]
+    if spec in TOOL_SPECS and not llama_cpp.available():
+        pytest.skip("needs the llama.cpp tools (bash scripts/llama_cpp.sh)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         spec.fn(**spec.build(np.random.default_rng(0)))
@@ -517,6 +876,100 @@ def test_corrupt_gguf_files_are_refused_with_corrupt_gguf(tmp_path):
 def test_write_gguf_refuses_what_would_change_or_break_the_file(tmp_path, tensors, match):
     with pytest.raises(ValueError, match=match):
         gguf_io.write_gguf(tmp_path / "w.gguf", tensors, {})
+
+
+
+# --- corrupt safetensors -------------------------------------------------------------------------
+
+def _split_safetensors(raw: bytes) -> tuple[dict, bytes]:
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def _join_safetensors(header: dict, data: bytes) -> bytes:
+    h = json.dumps(header).encode()
+    return len(h).to_bytes(8, "little") + h + data
+
+
+def _edited(raw: bytes, edit) -> bytes:
+    header, data = _split_safetensors(raw)
+    edit(header)
+    return _join_safetensors(header, data)
+
+
+def _safetensors_corruptions(raw: bytes) -> dict[str, bytes]:
+    header, data = _split_safetensors(raw)
+    names = sorted((k for k in header if k != "__metadata__"),
+                   key=lambda k: header[k]["data_offsets"][0])
+    a, b = names[0], names[1]
+    n = int.from_bytes(raw[:8], "little")
+
+    def overlap(h):
+        h[b]["data_offsets"] = [h[a]["data_offsets"][0],
+                                h[a]["data_offsets"][0] + h[b]["data_offsets"][1]
+                                - h[b]["data_offsets"][0]]
+
+    def other_dtype(h):
+        h[a]["dtype"] = "F64" if h[a]["dtype"] != "F64" else "F32"
+
+    return {
+        "empty file": b"",
+        "truncated header length": raw[:5],
+        "truncated header": raw[:8 + n // 2],
+        "truncated data": raw[:-16],
+        "header length past the end": (len(raw) * 2).to_bytes(8, "little") + raw[8:],
+        "header length zero": (0).to_bytes(8, "little") + raw[8:],
+        "header JSON garbage": raw[:8] + b"{\xff" + b"x" * (n - 2) + raw[8 + n:],
+        "header not an object": raw[:8] + b"[1]" + b" " * (n - 3) + raw[8 + n:],
+        "offsets outside the data": _edited(raw, lambda h: h[a].update(
+            data_offsets=[0, len(data) + 4])),
+        "offsets reversed": _edited(raw, lambda h: h[a].update(data_offsets=[8, 4])),
+        "tensors overlap": _edited(raw, overlap),
+        "dtype does not match the bytes": _edited(raw, other_dtype),
+        "shape does not match the bytes": _edited(raw, lambda h: h[a].update(
+            shape=[d + 1 for d in h[a]["shape"]])),
+        "unknown dtype": _edited(raw, lambda h: h[a].update(dtype="Q4_K")),
+        "negative dimension": _edited(raw, lambda h: h[a].update(shape=[-1])),
+        "entry without offsets": _edited(raw, lambda h: h[a].pop("data_offsets")),
+        "metadata not str": _edited(raw, lambda h: h.update(__metadata__={"bits": 4})),
+    }
+
+
+def _assert_corrupt(fn, path, what):
+    with pytest.raises(ValueError, match="corrupt safetensors") as e:
+        fn(path)
+    assert traceback.extract_tb(e.value.__traceback__)[-1].filename.startswith(QLEARN_DIR), what
+
+
+def test_corrupt_safetensors_are_refused_by_every_reader(tmp_path):
+    """qlearn's two safetensors readers (the tiny model's weights, GPTQ checkpoints) refuse
+    each corruption with ValueError("corrupt safetensors: ...") before reading a tensor."""
+    from qlearn import checkpoint
+
+    gptq_file = _gptq_file(np.random.default_rng(0))
+    readers = {gptq_file: [gptq.load_autogptq, checkpoint.check_safetensors],
+               models.TINY_WEIGHTS: [lambda p: models.load_tiny(weights=p)]}
+    n_cases = 0
+    for good, fns in readers.items():
+        for fn in fns:
+            fn(good)                                          # the intact file loads
+        for what, data in _safetensors_corruptions(good.read_bytes()).items():
+            p = tmp_path / f"bad-{good.stem}.safetensors"
+            p.write_bytes(data)
+            for fn in fns:
+                _assert_corrupt(fn, p, f"{good.name}: {what}")
+                n_cases += 1
+    assert n_cases == 3 * 17
+
+
+def test_safetensors_missing_tensors_are_named(tmp_path):
+    raw = models.TINY_WEIGHTS.read_bytes()
+    p = tmp_path / "tiny.safetensors"
+    p.write_bytes(_edited(raw, lambda h: h.pop("layers.3.mlp.up_proj.weight")))
+    with pytest.raises(ValueError, match=r"corrupt safetensors.*layers\.3\.mlp\.up_proj\.weight"):
+        models.load_tiny(weights=p)
+    with pytest.raises(ValueError, match="expected a safetensors file, got no file"):
+        gptq.load_autogptq(tmp_path / "absent.safetensors")
 
 
 def test_gptq_checkpoint_consistency(tmp_path):

@@ -13,6 +13,7 @@ sweep, which calls the core).
 """
 
 import ast
+import functools
 import inspect
 import re
 
@@ -274,3 +275,46 @@ def test_old_keyword_names_are_deprecated_aliases():
     assert torch.equal(old, smoothquant.absmax_fake_quant(W, "per_channel", bits=6))
     with pytest.raises(TypeError, match="both bits= and its deprecated alias w_bit="):
         awq.pseudo_quantize(W, bits=3, w_bit=3)
+
+
+# --- one result convention: every method's result carries a QTensor and dequantizes alike ----------
+
+@functools.lru_cache(maxsize=1)
+def _result_cases():
+    rng = np.random.default_rng(3)
+    W = torch.from_numpy(rng.standard_normal((16, 64)).astype(np.float32))
+    X = torch.from_numpy(rng.standard_normal((512, 64)).astype(np.float32))
+    H = gptq.hessian(X)
+    return {
+        "gptq.rtn sym g32": gptq.rtn_quantize(W, 4, 32, sym=True),
+        "gptq.rtn asym per-row": gptq.rtn_quantize(W, 3, -1, sym=False),
+        "gptq sym g16": gptq.gptq_quantize(W, H, 4, 16, sym=True, blocksize=16),
+        "gptq asym act_order static": gptq.gptq_quantize(W, H, 3, 32, sym=False, act_order=True,
+                                                         static_groups=True, blocksize=16),
+        "awq g32": awq.awq_quantize(W, X, bits=4, group_size=32),
+    }
+
+
+@pytest.mark.parametrize("name", list(_result_cases()))
+def test_results_carry_a_qtensor_that_dequantizes_bit_for_bit(name):
+    r = _result_cases()[name]
+    old = (gptq.dequantize(r.codes, r.scales, r.zeros, r.g_idx) if isinstance(r, gptq.GPTQResult)
+           else r.Q)
+    assert torch.equal(old, r.Q)                                   # the old path gave Q
+    assert torch.equal(r.dequantize(), old)                        # .dequantize(), no argument
+    q = r.qtensor
+    assert isinstance(q, uniform.QTensor) and q.mapping == r.mapping
+    assert q.block_size == (1, r.group_size if getattr(r, "group_size", -1) != -1 else 64)
+    assert torch.equal(torch.from_numpy(q.dequantize()), old)      # the QTensor path
+    assert torch.equal(torch.from_numpy(uniform.dequantize_affine(
+        q.codes, q.scale, q.zero_point, q.block_size, q.mapping, bits=q.bits)), old)
+
+
+def test_gptq_act_order_groups_have_no_block_form_but_dequantize():
+    rng = np.random.default_rng(4)
+    W = torch.from_numpy(rng.standard_normal((8, 64)).astype(np.float32))
+    H = gptq.hessian(torch.from_numpy(rng.standard_normal((128, 64)).astype(np.float32)))
+    r = gptq.gptq_quantize(W, H, 4, 16, act_order=True, blocksize=16)
+    assert torch.equal(r.dequantize(), gptq.dequantize(r.codes, r.scales, r.zeros, r.g_idx))
+    with pytest.raises(ValueError, match="contiguous groups"):
+        r.qtensor

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qlearn import nf4
+from qlearn import nf4, validate
 
 __all__ = ["summary", "plot_4bit", "explore"]
 
@@ -17,6 +17,7 @@ HIST_BINS = 60
 QUANT_TYPES = ("nf4", "fp4", "int4")
 
 
+@validate.also_accepts(group_size="blocksize", qtype="quant_type")
 def summary(W, blocksize: int = 64, quant_type: str = "nf4",
             compress_statistics: bool = False) -> dict:
     """Relative MSE and bits per weight of 4-bit ``W`` (any shape, float32).
@@ -34,6 +35,7 @@ def summary(W, blocksize: int = 64, quant_type: str = "nf4",
             "levels": np.unique(code * absmax), "block": flat[:blocksize]}
 
 
+@validate.also_accepts(group_size="blocksize", qtype="quant_type")
 def plot_4bit(W, blocksize: int = 64, quant_type: str = "nf4", compress_statistics: bool = False):
     """Left: first block's histogram and its levels. Right: error vs block size, all types."""
     import matplotlib.pyplot as plt

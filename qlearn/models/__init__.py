@@ -28,12 +28,24 @@ TINY_TOKENIZER = DATA_DIR / "tiny_tokenizer.json"
 
 def load_tiny(weights=TINY_WEIGHTS, tokenizer=TINY_TOKENIZER) -> tuple[LlamaModel, Tokenizer]:
     """qlearn-tiny from a safetensors file (config in its metadata), weights cast to float32."""
-    from safetensors import safe_open
+    from qlearn import checkpoint
 
-    with safe_open(str(weights), framework="pt") as f:
-        cfg = LlamaConfig(**json.loads(f.metadata()["config"]))
-        sd = {k: f.get_tensor(k).float() for k in f.keys()}
+    header = checkpoint.check_safetensors(weights)
+    try:
+        cfg = LlamaConfig(**json.loads(header.get("__metadata__", {})["config"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"corrupt safetensors: {weights}: expected a qlearn-tiny config in the "
+                         f"metadata, got {type(e).__name__}: {e}") from None
     model = LlamaModel(cfg)
+    expected = [k for k in model.state_dict() if not (cfg.tie_embeddings and k == "lm_head.weight")]
+    tensors, _ = checkpoint.load_safetensors(weights, expected)
+    sd = {k: t.float() for k, t in tensors.items()}
+    for k, t in sd.items():
+        want = model.state_dict().get(k)
+        if want is None or want.shape != t.shape:
+            raise ValueError(f"corrupt safetensors: {weights}: tensor {k!r} has shape "
+                             f"{tuple(t.shape)}, expected "
+                             f"{None if want is None else tuple(want.shape)} for this config")
     if cfg.tie_embeddings:
         sd["lm_head.weight"] = sd["embed_tokens.weight"]
     model.load_state_dict(sd, strict=True)

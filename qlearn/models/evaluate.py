@@ -14,9 +14,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from qlearn import validate
 
 __all__ = ["Score", "score", "perplexity", "generate", "llama_cpp_perplexity"]
 
@@ -41,14 +44,27 @@ class Score:
         return self.nll / math.log(2) / self.n_bytes
 
 
-def _tokens(tokenizer, text) -> torch.Tensor:
+def _tokens(tokenizer, text, model=None) -> torch.Tensor:
+    validate.tokenizer(tokenizer)
     if isinstance(text, str):
         if not text:
-            raise ValueError("text is empty: pass at least two tokens of text to score")
+            raise ValueError("text must be a non-empty str (at least two tokens), got ''")
         ids = tokenizer.encode(text)
+    elif isinstance(text, (list, tuple, np.ndarray, torch.Tensor)):
+        vocab = validate.vocab_size(model) if model is not None else None
+        return validate.tokens(text, "text (token ids)", ndim=1, vocab_size=vocab)
     else:
-        ids = list(text)
+        raise validate.ArgumentTypeError(f"text must be a str or a sequence of token ids, got "
+                                         f"{type(text).__name__}")
     return torch.tensor(ids, dtype=torch.int64)
+
+
+def _check_ids(ids: torch.Tensor, model) -> None:
+    """The tokenizer's ids fit the model's vocabulary (a mismatched pair is a ValueError)."""
+    vocab = validate.vocab_size(model)
+    if ids.numel() and vocab is not None and int(ids.max()) >= vocab:
+        raise ValueError(f"the tokenizer gives ids up to {int(ids.max())}, expected ids below "
+                         f"the model's vocabulary size {vocab} (mismatched model and tokenizer?)")
 
 
 def _default_ctx(model) -> int:
@@ -65,11 +81,13 @@ def score(model, tokenizer, text, ctx: int | None = None, stride: int | None = N
     max_tokens: score only the first max_tokens tokens (None: all). Bytes are counted on the decoded
     scored tokens, so ``bits_per_byte`` compares tokenizers fairly.
     """
-    ctx = ctx or _default_ctx(model)
-    stride = ctx if stride is None else stride
-    if not (1 <= stride <= ctx):
-        raise ValueError(f"stride must be in 1..ctx={ctx}, got {stride}")
-    ids = _tokens(tokenizer, text)
+    validate.language_model(model)
+    validate.flag(progress, "progress")
+    ctx = validate.optional_integer(ctx, "ctx", lo=2) or _default_ctx(model)
+    stride = ctx if stride is None else validate.integer(stride, "stride", 1, ctx)
+    validate.optional_integer(max_tokens, "max_tokens", lo=2)
+    ids = _tokens(tokenizer, text, model)
+    _check_ids(ids, model)
     if max_tokens is not None:
         ids = ids[:max_tokens]
     n = ids.numel()
@@ -129,12 +147,20 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 40, temperatur
     exceed ctx the window slides, positions restart at 0, and each step recomputes the window
     either way, so both settings give the same tokens (up to float32 rounding of the logits).
     """
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    ctx = ctx or _default_ctx(model)
+    validate.language_model(model)
+    validate.tokenizer(tokenizer)
+    validate.text(prompt, "prompt")
+    validate.integer(max_new_tokens, "max_new_tokens", lo=0)
+    validate.number(temperature, "temperature", lo=0)
+    validate.optional_integer(top_k, "top_k", lo=0)
+    validate.seed(seed)
+    validate.flag(stop_at_eos, "stop_at_eos")
+    validate.flag(cache, "cache")
+    ctx = validate.optional_integer(ctx, "ctx", lo=1) or _default_ctx(model)
     ids = tokenizer.encode(prompt)
     if not ids:
-        raise ValueError("prompt encodes to no tokens: give a non-empty prompt")
+        raise ValueError(f"prompt must encode to at least one token, got {prompt!r}")
+    _check_ids(torch.tensor(ids), model)
     use_cache = cache and hasattr(model, "new_cache")
     g = torch.Generator().manual_seed(seed)
     was_training = model.training
@@ -186,18 +212,19 @@ def llama_cpp_perplexity(model, tokenizer, text, n_ctx: int = 512, step: int | N
     that quantizes groups of tokens (KIVI's per-channel keys, a residual window) then shows every
     query the cache it would see in token-by-token decoding when ``step`` is that token group.
     """
-    if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 4:
-        raise ValueError(f"n_ctx must be an int >= 4, got {n_ctx!r}")
+    validate.language_model(model)
+    validate.integer(n_ctx, "n_ctx", lo=4)
     if step is not None and (not isinstance(step, int) or isinstance(step, bool)
                              or not 1 <= step <= n_ctx):
         raise ValueError(f"step must be None or an int in 1..n_ctx={n_ctx}, got {step!r}")
     if step is not None and not hasattr(model, "new_cache"):
         raise TypeError(f"step needs a model with a KV cache (new_cache()), got {type(model).__name__}")
-    ids = _tokens(tokenizer, text)
+    ids = _tokens(tokenizer, text, model)
+    _check_ids(ids, model)
     n_chunks = ids.numel() // n_ctx
     if n_chunks < 2:
         raise ValueError(
-            f"llama-perplexity needs at least 2 * n_ctx = {2 * n_ctx} tokens, the text has {ids.numel()}"
+            f"llama-perplexity needs at least 2 * n_ctx = {2 * n_ctx} tokens, got {ids.numel()} in the text"
         )
     first = n_ctx // 2
     chunks = ids[: n_chunks * n_ctx].view(n_chunks, n_ctx)  # (chunks, n_ctx)

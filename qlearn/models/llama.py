@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qlearn import validate
+
 __all__ = ["LlamaConfig", "RMSNorm", "Attention", "MLP", "DecoderLayer", "LlamaModel",
            "rotary_tables", "apply_rotary", "LayerCache", "KVCache"]
 
@@ -180,6 +182,7 @@ class KVCache:
     """
 
     def __init__(self, model: "LlamaModel"):
+        validate.module(model, decoder=True)
         self.layers = [layer.self_attn.new_cache() for layer in model.layers]
         self.batch: int | None = None  # set by the first forward that uses the cache
 
@@ -330,9 +333,11 @@ class LlamaModel(nn.Module):
         cache: a :class:`KVCache` from :meth:`new_cache`; the tokens continue its positions and
         their K/V are appended (prefill with the prompt, then one token per decode step).
         """
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must be (batch, seq) int64, got shape {tuple(tokens.shape)} "
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2:
+            raise ValueError(f"tokens must be (batch, seq) int64, got "
+                             f"{tuple(tokens.shape) if hasattr(tokens, 'shape') else tokens!r} "
                              f"(add a batch axis with tokens[None])")
+        tokens = validate.tokens(tokens, ndim=2, vocab_size=self.config.vocab_size)
         if cache is not None:
             if not isinstance(cache, KVCache) or len(cache.layers) != len(self.layers):
                 raise TypeError(f"cache must be a KVCache from model.new_cache() with "

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qlearn import _cbuild, adapters, gguf_mixes, kernels
+from qlearn import _cbuild, adapters, gguf_mixes, kernels, validate
 
 __all__ = ["QuantizedLinear", "BF16Linear", "quantize_for_inference", "dequantized_model", "gguf_name",
            "weight_bytes"]
@@ -246,6 +246,9 @@ def quantize_for_inference(model: nn.Module, qtype_or_mix: str, *, include_lm_he
     parallel: numba threads for the decode matvecs.
     The input model is not modified. ``model.qtypes`` on the result maps linear name -> type.
     """
+    validate.module(model, decoder=True)
+    validate.flag(include_lm_head, "include_lm_head")
+    validate.flag(parallel, "parallel")
     plan = _plan(model, qtype_or_mix, include_lm_head)
     qmodel = copy.deepcopy(model)
     qmodel.eval()

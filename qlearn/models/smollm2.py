@@ -87,7 +87,7 @@ def read_gguf(path: str | None = None) -> tuple[LlamaConfig, dict, Tokenizer]:
 
     p = Path(path) if path is not None else gguf_path()
     if not p.is_file():
-        raise ValueError(f"no GGUF file at {p}")
+        raise ValueError(f"expected a GGUF file, got no file at {p} (no GGUF file there)")
     try:
         reader = gguf.GGUFReader(str(p))
     except Exception as e:  # noqa: BLE001 - gguf raises assorted errors on a non-GGUF file
