@@ -498,15 +498,15 @@ def llama_cpp_perplexity(gguf, text: str, k_type: str = "f16", v_type: str = "f1
 
     from . import llama_cpp
 
+    for t in (k_type, v_type):
+        if t not in ("f32", "f16", "bf16", *GGML_TYPES):
+            raise ValueError(f"llama.cpp has no cache type {t!r}; expected f32, f16, bf16 or one "
+                             f"of {tuple(GGML_TYPES)}")
     gguf = validate.gguf_file(gguf, "gguf")
     validate.text(text)
     validate.flag(rotate, "rotate")
     validate.integer(n_ctx, "n_ctx", lo=4)
     validate.integer(threads, "threads", lo=1)
-    for t in (k_type, v_type):
-        if t not in ("f32", "f16", "bf16", *GGML_TYPES):
-            raise ValueError(f"llama.cpp has no cache type {t!r}; expected f32, f16, bf16 or one "
-                             f"of {tuple(GGML_TYPES)}")
     env = {**os.environ, "LLAMA_ATTN_ROT_DISABLE": "0" if rotate else "1"}
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "text.txt")
