@@ -625,7 +625,7 @@ def blockwise_qat(model: nn.Module, tokens: torch.Tensor, bits: int = 3, group_s
         ``mse_rtn`` is the block's output error at the start (round-to-nearest weights),
         ``mse_qat`` after training, both on the cached inputs.
     """
-    tokens = validate.model_tokens(model, tokens, ndim=2)
+    tokens = validate.model_tokens(model, tokens, ndim=2, shape_doc="n_samples, seq")
     for name, v in (("epochs", epochs), ("batch", batch)):
         validate.integer(v, name, lo=1)
     for name, v in (("lr_weight", lr_weight), ("lr_step", lr_step)):

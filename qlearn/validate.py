@@ -254,7 +254,8 @@ def module(model: Any, name: str = "model", decoder: bool = False) -> "torch.nn.
 
 
 def tokens(x: Any, name: str = "tokens", ndim: int | tuple[int, ...] = (1, 2),
-           vocab_size: int | None = None, min_tokens: int = 1) -> "torch.Tensor":  # noqa: F821
+           vocab_size: int | None = None, min_tokens: int = 1,
+           shape_doc: str = "(seq,) or (batch, seq)") -> "torch.Tensor":  # noqa: F821
     """Token ids as an int64 torch tensor: integer dtype, ``ndim`` dimensions, at least
     ``min_tokens`` ids, each in ``[0, vocab_size)``."""
     import torch
@@ -277,7 +278,7 @@ def tokens(x: Any, name: str = "tokens", ndim: int | tuple[int, ...] = (1, 2),
     allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     if x.dim() not in allowed:
         raise ValueError(f"{name} must be {'-D or '.join(map(str, allowed))}-D "
-                         f"((seq,) or (batch, seq)), got shape {tuple(x.shape)}")
+                         f"({shape_doc}), got shape {tuple(x.shape)}")
     if x.numel() < min_tokens:
         raise ValueError(f"{name} must be non-empty, at least {min_tokens} token(s), got shape "
                          f"{tuple(x.shape)}")
@@ -354,10 +355,11 @@ def language_model(model: Any, name: str = "model") -> int:
 
 
 def model_tokens(model: Any, toks: Any, name: str = "tokens", ndim: int | tuple[int, ...] = (1, 2),
-                 min_tokens: int = 1) -> "torch.Tensor":  # noqa: F821
+                 min_tokens: int = 1, shape_doc: str = "(seq,) or (batch, seq)"
+                 ) -> "torch.Tensor":  # noqa: F821
     """A Llama-named decoder and token ids it can embed: the checked ``toks`` (int64)."""
     module(model, decoder=True)
-    return tokens(toks, name, ndim, vocab_size(model), min_tokens)
+    return tokens(toks, name, ndim, vocab_size(model), min_tokens, shape_doc)
 
 
 def seed(value: Any, name: str = "seed") -> int:

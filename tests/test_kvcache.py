@@ -233,6 +233,9 @@ def test_stepped_perplexity_sees_the_cache_as_decoding_does(model):
         def encode(self, text):
             return [int(t) for t in text.split()]
 
+        def decode(self, ids):
+            return " ".join(str(int(t)) for t in ids)
+
     text = " ".join(str(int(t)) for t in torch.randint(0, CFG.vocab_size, (128,)))
     a = llama_cpp_perplexity(model, Tok(), text, n_ctx=32)
     assert abs(llama_cpp_perplexity(model, Tok(), text, n_ctx=32, step=8) / a - 1) < 1e-5
