@@ -259,13 +259,8 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
 def _validate_settings(W: torch.Tensor, bits, group_size) -> None:
     if W.dim() != 2 or W.shape[0] == 0 or W.shape[1] == 0:
         raise ValueError(f"W must be a non-empty (out_features, in_features) matrix, got shape {tuple(W.shape)}")
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an integer in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
-    cols = W.shape[1]
-    if not isinstance(group_size, (int, np.integer)) or isinstance(group_size, bool) or \
-            not (group_size == -1 or (group_size > 0 and cols % group_size == 0)):
-        raise ValueError(f"group_size must be -1 (one group per row) or a positive divisor of "
-                         f"in_features={cols}, got {group_size!r} (pick e.g. 32, 64 or 128 that divides {cols})")
+    validate.bits(bits, "bits", MIN_BITS, MAX_BITS)
+    validate.group_size(group_size, W.shape[1])
     _check_finite(W, "W")
 
 
