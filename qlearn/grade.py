@@ -383,7 +383,9 @@ class _Submission:
                 "PYTHONPATH": qroot, "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8",
                 "MPLBACKEND": "Agg", "MPLCONFIGDIR": f"{w}/cache/mpl", "XDG_CACHE_HOME": f"{w}/cache",
                 "NUMBA_CACHE_DIR": f"{w}/cache/numba", "OMP_NUM_THREADS": "1",
-                "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "QLEARN_SANDBOX_TOKEN": self.token}
+                "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "QLEARN_SANDBOX_TOKEN": self.token,
+                # no C compiler runs inside the sandbox: qlearn.kernels uses its numba kernels
+                "QLEARN_NO_CC": "1"}
 
     def config(self, forbid: tuple[str, ...]) -> dict:
         o = self.opts

@@ -97,6 +97,12 @@ def _check_x(x, t: QType) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def _finite_min(a: np.ndarray):
+    """The smallest finite value of ``a``, or None when it has none."""
+    finite = a[np.isfinite(a)]
+    return float(finite.min()) if finite.size else None
+
+
 def _check_imatrix(imatrix, cols: int):
     if imatrix is None:
         return None
@@ -107,8 +113,8 @@ def _check_imatrix(imatrix, cols: int):
         raise ValueError(f"imatrix must have one weight per column, shape ({cols},), got {imatrix.shape}")
     if not np.isfinite(imatrix).all() or (imatrix < 0).any():
         raise ValueError(f"imatrix must be finite and non-negative (mean squared activations), "
-                         f"got minimum {np.nanmin(imatrix)} and {int((~np.isfinite(imatrix)).sum())}"
-                         f" NaN/Inf")
+                         f"got minimum {_finite_min(imatrix)} and "
+                         f"{int((~np.isfinite(imatrix)).sum())} NaN/Inf")
     return np.ascontiguousarray(imatrix)
 
 

@@ -323,18 +323,26 @@ def _alive_with(marker: str) -> list[int]:
     return pids
 
 
-def _uid_procs(uids: set[int]) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                uid = int(next(ln for ln in (d / "status").read_text().splitlines()
-                               if ln.startswith("Uid:")).split()[1])
-            except (OSError, StopIteration, ValueError):
-                continue
-            if uid in uids:
-                out.append(int(d.name))
-    return out
+def _uid_procs(uids: set[int], settle_s: float = 5.0) -> list[int]:
+    """Live (not zombie) processes of the private uids. A SIGKILLed process stays in /proc as a
+    zombie until its parent reaps it; it runs nothing, so it does not count, and processes that
+    are still being torn down get ``settle_s`` seconds to go."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        out = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    status = (d / "status").read_text().splitlines()
+                    uid = int(next(ln for ln in status if ln.startswith("Uid:")).split()[1])
+                    state = next(ln for ln in status if ln.startswith("State:")).split()[1]
+                except (OSError, StopIteration, ValueError, IndexError):
+                    continue
+                if uid in uids and state not in ("Z", "X"):
+                    out.append(int(d.name))
+        if not out or time.monotonic() > deadline:
+            return out
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
