@@ -214,9 +214,7 @@ def llama_cpp_perplexity(model, tokenizer, text, n_ctx: int = 512, step: int | N
     """
     validate.language_model(model)
     validate.integer(n_ctx, "n_ctx", lo=4)
-    if step is not None and (not isinstance(step, int) or isinstance(step, bool)
-                             or not 1 <= step <= n_ctx):
-        raise ValueError(f"step must be None or an int in 1..n_ctx={n_ctx}, got {step!r}")
+    step = validate.optional_integer(step, "step", lo=1, hi=n_ctx)
     if step is not None and not hasattr(model, "new_cache"):
         raise TypeError(f"step needs a model with a KV cache (new_cache()), got {type(model).__name__}")
     ids = _tokens(tokenizer, text, model)
